@@ -1,0 +1,59 @@
+"""Run one stage from a JSON job file: ``python -m dpo_core STAGE JOB.json OUT_DIR``.
+
+This is how the pipeline runs heavy stages in a child process: the job file holds the stage
+config and its input paths; the stage's result is written to ``OUT_DIR/result.json``.
+Progress is printed one line per batch or step so the parent can relay it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import transformers
+
+from dpo_core.dpo.trainer import DPOConfig, train_dpo
+from dpo_core.evaluate import EvalConfig, evaluate
+from dpo_core.feedback import FeedbackConfig, collect_feedback
+from dpo_core.sft import SFTConfig, train_sft
+
+PROGRESS_PREFIX = "@progress "
+
+
+def _progress(done: int, total: int, metrics: dict | None = None) -> None:
+    line = {"done": done, "total": total, "time": time.time()} | ({"metrics": metrics} if metrics else {})
+    print(PROGRESS_PREFIX + json.dumps(line), flush=True)
+
+
+def run_stage(stage: str, job: dict, out_dir: Path):
+    cfg, inputs = job["config"], job["inputs"]
+    if stage == "feedback":
+        return collect_feedback(FeedbackConfig(**cfg), inputs["model"], inputs["prompts_path"], out_dir, _progress)
+    if stage == "sft":
+        return train_sft(SFTConfig(**cfg), inputs["model"], inputs["prompts_path"], inputs["candidates_path"], out_dir, _progress)
+    if stage == "dpo":
+        return train_dpo(DPOConfig(**cfg), inputs["model"], inputs["pairs_path"], out_dir, _progress)
+    if stage == "evaluate":
+        return evaluate(EvalConfig(**cfg), inputs["models"], inputs["eval_path"], out_dir)
+    raise SystemExit(f"unknown stage {stage!r}: one of feedback, sft, dpo, evaluate")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m dpo_core", description=__doc__)
+    parser.add_argument("stage")
+    parser.add_argument("job", type=Path)
+    parser.add_argument("out_dir", type=Path)
+    args = parser.parse_args(argv)
+    transformers.utils.logging.disable_progress_bar()  # one line per batch or step is enough in a run log
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    result = run_stage(args.stage, json.loads(args.job.read_text()), args.out_dir)
+    (args.out_dir / "result.json").write_text(json.dumps(asdict(result), indent=2))
+    print(f"{args.stage} finished: {args.out_dir / 'result.json'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Reading and writing the row files that pass between stages."""

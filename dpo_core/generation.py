@@ -1,0 +1,92 @@
+"""Batched answer generation with a local transformers model.
+
+Prompts are sorted by length and left-padded so each ``generate`` call wastes little on padding;
+the K samples of a prompt come from ``num_return_sequences`` in the same call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from dpo_core.chat import render_prompt
+
+
+@dataclass
+class SamplingConfig:
+    num_samples: int = 4  # answers per prompt (K)
+    max_new_tokens: int = 160
+    temperature: float = 0.8  # 0 means greedy decoding (then num_samples must be 1)
+    top_p: float = 0.95
+    batch_size: int = 8  # prompts per generate call; each holds num_samples sequences
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.temperature == 0 and self.num_samples != 1:
+            raise ValueError("greedy decoding (temperature=0) gives identical samples: set num_samples=1")
+        if self.num_samples < 1 or self.batch_size < 1 or self.max_new_tokens < 1:
+            raise ValueError("num_samples, batch_size and max_new_tokens must be >= 1")
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    n_tokens: int  # generated tokens up to and including the end-of-turn token
+
+
+@torch.inference_mode()
+def generate(
+    model,
+    tokenizer,
+    prompts: list[list[dict]],
+    cfg: SamplingConfig,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> list[list[Generation]]:
+    """Return ``cfg.num_samples`` generations for each chat in ``prompts``, in input order."""
+    model.eval()
+    texts = [render_prompt(tokenizer, p) for p in prompts]
+    lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    order = sorted(range(len(texts)), key=lambda i: lengths[i])
+    results: list[list[Generation]] = [[] for _ in texts]
+    eos_ids = _eos_ids(model, tokenizer)
+    tokenizer.padding_side = "left"
+    for b, start in enumerate(range(0, len(order), cfg.batch_size)):
+        idx = order[start : start + cfg.batch_size]
+        enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+        torch.manual_seed(cfg.seed * 100_003 + b)
+        out = model.generate(
+            **enc,
+            max_new_tokens=cfg.max_new_tokens,
+            do_sample=cfg.temperature > 0,
+            temperature=cfg.temperature if cfg.temperature > 0 else None,
+            top_p=cfg.top_p if cfg.temperature > 0 else None,
+            top_k=None,
+            num_return_sequences=cfg.num_samples,
+            eos_token_id=eos_ids,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        new = out[:, enc["input_ids"].shape[1] :]
+        for row, tokens in enumerate(new):
+            n = _length_to_eos(tokens, eos_ids)
+            text = tokenizer.decode(tokens[:n], skip_special_tokens=True).strip()
+            results[idx[row // cfg.num_samples]].append(Generation(text=text, n_tokens=n))
+        if on_batch:
+            on_batch(min(start + cfg.batch_size, len(order)), len(order))
+    return results
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    ids = model.generation_config.eos_token_id
+    ids = [ids] if isinstance(ids, int) else list(ids or [])
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def _length_to_eos(tokens: torch.Tensor, eos_ids: list[int]) -> int:
+    hits = torch.isin(tokens, torch.tensor(eos_ids)).nonzero()
+    return int(hits[0]) + 1 if len(hits) else len(tokens)

@@ -1,0 +1,116 @@
+"""One record type per stage boundary, validated where it is built.
+
+Files between stages are JSONL with one of these records per line:
+  prompts   -> PromptRecord       (build dataset)
+  candidates-> JudgedCandidate    (collect feedback)
+  pairs     -> PreferencePair     (collect feedback; TRL's conversational preference format)
+  eval      -> EvalSample         (evaluate)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+Message = dict  # {"role": "system" | "user" | "assistant", "content": str}
+_ROLES = {"system", "user", "assistant"}
+
+
+def validate_messages(messages, where: str) -> None:
+    """Raise ValueError naming ``where`` unless ``messages`` is a chat ending in a user turn."""
+    if not isinstance(messages, list) or not messages:
+        raise ValueError(f"{where}: messages must be a non-empty list of {{role, content}} dicts")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in _ROLES or not isinstance(m.get("content"), str):
+            raise ValueError(f"{where}: message {i} must be {{'role': one of {sorted(_ROLES)}, 'content': str}}")
+        if not m["content"].strip():
+            raise ValueError(f"{where}: message {i} ({m['role']}) has empty content")
+    if messages[-1]["role"] != "user":
+        raise ValueError(f"{where}: the last message must come from the user, got {messages[-1]['role']!r}")
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    """A prompt to answer, with the verifiable instructions its answer must follow (may be empty)."""
+
+    id: str
+    messages: list[Message]
+    instructions: list[dict] = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.id:
+            raise ValueError("PromptRecord.id must be non-empty")
+        validate_messages(self.messages, f"prompt {self.id}")
+
+    @property
+    def text(self) -> str:
+        """The last user turn: what dedupe and decontamination compare."""
+        return self.messages[-1]["content"]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class JudgedCandidate:
+    """One sampled answer to a prompt with the judge's score in [0, 1]."""
+
+    prompt_id: str
+    index: int
+    model: str
+    text: str
+    n_tokens: int
+    score: float
+    passed: list[bool]
+
+    def __post_init__(self):
+        if not 0.0 <= self.score <= 1.0:
+            raise ValueError(f"candidate {self.prompt_id}/{self.index}: score {self.score} outside [0, 1]")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """TRL's conversational preference record plus the scores that produced it."""
+
+    prompt_id: str
+    prompt: list[Message]
+    chosen: list[Message]
+    rejected: list[Message]
+    score_chosen: float
+    score_rejected: float
+
+    def __post_init__(self):
+        validate_messages(self.prompt, f"pair {self.prompt_id}")
+        for side in ("chosen", "rejected"):
+            turns = getattr(self, side)
+            if len(turns) != 1 or turns[0].get("role") != "assistant":
+                raise ValueError(f"pair {self.prompt_id}: {side} must be one assistant message")
+        if self.score_chosen <= self.score_rejected:
+            raise ValueError(
+                f"pair {self.prompt_id}: score_chosen {self.score_chosen} must exceed "
+                f"score_rejected {self.score_rejected}"
+            )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class EvalSample:
+    """One model's answer to one held-out prompt and which instructions it followed."""
+
+    model: str
+    prompt_id: str
+    prompt: str
+    response: str
+    passed_strict: list[bool]
+    passed_loose: list[bool]
+
+    @property
+    def prompt_pass(self) -> bool:
+        return all(self.passed_strict)
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"prompt_pass": self.prompt_pass}

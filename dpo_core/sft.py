@@ -1,0 +1,65 @@
+"""Stage 3, SFT: fine-tune on the best sampled answers (rejection-sampling fine-tuning).
+
+With no human-written answers, the DPO paper's recipe is to fine-tune on preferred completions
+first; here those are the highest-scored candidates that follow all (``min_score``) of their
+prompt's instructions. The loss is the mean cross-entropy over answer tokens only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from dpo_core.batching import answer_token_logps, collate
+from dpo_core.chat import encode_pair
+from dpo_core.data.io import read_jsonl
+from dpo_core.models import load_model, load_tokenizer, resolve_model
+from dpo_core.records import JudgedCandidate, PromptRecord
+from dpo_core.training import TrainConfig, TrainResult, fit, save_trained, seed_everything, with_lora
+
+
+@dataclass
+class SFTConfig(TrainConfig):
+    min_score: float = 1.0  # a prompt's best candidate joins the SFT set only if it scores at least this
+
+
+def select_sft_examples(prompts_path: Path, candidates_path: Path, min_score: float) -> list[tuple[list, str]]:
+    """(messages, answer) for the best candidate of each prompt that reaches ``min_score``."""
+    prompts = {r["id"]: PromptRecord(**r) for r in read_jsonl(prompts_path)}
+    best: dict[str, JudgedCandidate] = {}
+    for row in read_jsonl(candidates_path):
+        c = JudgedCandidate(**row)
+        if c.score >= min_score and (c.prompt_id not in best or c.score > best[c.prompt_id].score):
+            best[c.prompt_id] = c
+    return [(prompts[pid].messages, c.text) for pid, c in sorted(best.items())]
+
+
+def train_sft(
+    cfg: SFTConfig, model_ref: str, prompts_path: Path, candidates_path: Path, out_dir: Path,
+    on_step: Callable[[int, int, dict], None] | None = None,
+) -> TrainResult:
+    seed_everything(cfg.seed)
+    examples = select_sft_examples(prompts_path, candidates_path, cfg.min_score)
+    if not examples:
+        raise ValueError(
+            f"no candidate reached min_score={cfg.min_score}: lower min_score or sample more candidates"
+        )
+    path = resolve_model(model_ref)
+    tokenizer, model = load_tokenizer(path), load_model(path)
+    if cfg.lora:
+        model = with_lora(model, cfg)
+    encoded = [encode_pair(tokenizer, m, a, cfg.max_length) for m, a in examples]
+    encoded.sort(key=lambda pa: len(pa[0]) + len(pa[1]))  # similar lengths per batch: less padding
+    batches = [collate(encoded[i : i + cfg.batch_size], tokenizer.pad_token_id)
+               for i in range(0, len(encoded), cfg.batch_size)]
+
+    def step_loss(batch):
+        logps, _ = answer_token_logps(model, batch)
+        n_tokens = batch.answer_mask.sum()
+        loss = -logps.sum() / n_tokens
+        return loss, {"loss": loss.item(), "num_tokens": float(n_tokens)}
+
+    metrics = fit(model, batches, step_loss, cfg, Path(out_dir) / "metrics.jsonl", on_step)
+    metrics["train_examples"] = len(examples)
+    return save_trained(model, tokenizer, cfg, out_dir, metrics)

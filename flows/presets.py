@@ -1,0 +1,21 @@
+"""Named parameter sets for the lifecycle flow.
+
+``CPU_DEMO`` is the default: SmolLM2-135M-Instruct on 2 CPU cores in well under 30 minutes.
+"""
+
+from __future__ import annotations
+
+from dpo_core.build_dataset import BuildConfig
+from dpo_core.dpo.trainer import DPOConfig
+from dpo_core.evaluate import EvalConfig
+from dpo_core.feedback import FeedbackConfig
+from dpo_core.generation import SamplingConfig
+from dpo_core.sft import SFTConfig
+
+CPU_DEMO = {
+    "data": BuildConfig(max_train=64, max_eval=80),
+    "feedback": FeedbackConfig(sampling=SamplingConfig(num_samples=4, max_new_tokens=128, temperature=0.9, batch_size=8)),
+    "sft": SFTConfig(learning_rate=2e-4, epochs=2, batch_size=4, min_score=1.0),
+    "dpo": DPOConfig(learning_rate=3e-4, epochs=2, batch_size=4, beta=0.1),
+    "evaluation": EvalConfig(max_new_tokens=128, batch_size=16),
+}

@@ -1,0 +1,21 @@
+"""The end-of-run summary printed by ``python -m flows.lifecycle``: results and where they are."""
+
+from __future__ import annotations
+
+from tasks.results import EvalReport
+from tasks.settings import home, tracking_uri
+
+
+def print_report(report: EvalReport) -> None:
+    metrics = ["prompt_level_strict", "instruction_level_strict", "prompt_level_loose", "instruction_level_loose"]
+    print("\nHeld-out instruction following (greedy decoding)")
+    print(f"{'model':<6}" + "".join(f"{m:>26}" for m in metrics))
+    for label, scores in report.scores.items():
+        print(f"{label:<6}" + "".join(f"{scores[m]:>26.3f}" for m in metrics))
+    print("\nHead to head (per prompt, more instructions followed wins)")
+    for row in report.head_to_head:
+        print(f"  {row['model']} vs {row['baseline']}: {row['wins']} wins, {row['ties']} ties, "
+              f"{row['losses']} losses, win rate {row['win_rate']:.3f}")
+    print(f"\nStage outputs:  {home() / 'stages'}")
+    print(f"MLflow store:   {tracking_uri()}  (evaluation run {report.run_id})")
+    print(f"Browse runs:    mlflow ui --backend-store-uri {tracking_uri()}")

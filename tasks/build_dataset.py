@@ -1,0 +1,59 @@
+"""Task: build the prompt dataset (in-process: it is fast and loads no model)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from prefect import task
+
+from dpo_core.build_dataset import BUILTIN, BuildConfig, build_dataset
+from dpo_core.data.io import read_jsonl
+from dpo_core.digest import code_version, digest_files, digest_json
+from dpo_core.instructions import INSTRUCTION_SET_PATH
+from tasks.code_version import CodeVersion
+from tasks.results import DatasetRef
+from tasks.stage import STAGE_CACHE, markdown_table, output_dir, publish
+from tasks.tracking import experiment_id, stage_run
+
+CODE = (
+    "dpo_core.build_dataset",
+    "dpo_core.records",
+    "dpo_core.data.io",
+    "dpo_core.instructions.checkers",
+)  # what this stage runs: part of its cache key
+STAGE = "build-dataset"
+
+
+@task(name=STAGE, cache_policy=STAGE_CACHE + CodeVersion(modules=CODE), persist_result=True, retries=1, retry_delay_seconds=5)
+def build_dataset_task(cfg: BuildConfig, source_digest: str, parent_run_id: str) -> DatasetRef:
+    out = output_dir(STAGE, asdict(cfg), source_digest, code_version(*CODE))
+    with stage_run(STAGE, parent_run_id, asdict(cfg)) as run_id:
+        result = build_dataset(cfg, out)
+        mlflow.log_metrics({f"rows/{k}": v for k, v in result.counts.items()})
+        for context in ("train", "eval"):
+            path = getattr(result, f"{context}_path")
+            frame = pd.DataFrame(read_jsonl(path))
+            dataset = mlflow.data.from_pandas(frame, source=path, name=f"prompts-{context}", digest=result.digest)
+            mlflow.log_input(dataset, context=context)
+        rejected = read_jsonl(result.rejected_path)
+        if rejected:
+            mlflow.log_table(pd.DataFrame(rejected).astype(str), "rejected_rows.json")
+        mlflow.log_artifacts(str(out), "dataset")
+        publish(STAGE, run_id, experiment_id(), markdown_table(result.counts)
+                + f"\n\nRejected rows with their reasons: `{result.rejected_path}`")
+    return DatasetRef(train_path=result.train_path, eval_path=result.eval_path, digest=result.digest,
+                      run_id=run_id, counts=result.counts)
+
+
+def source_digest(cfg: BuildConfig) -> str:
+    """Digest of the files a build reads, so an edited source file invalidates the cached build."""
+    paths = [INSTRUCTION_SET_PATH] if cfg.source == BUILTIN else [cfg.source]
+    if cfg.eval_source:
+        paths.append(cfg.eval_source)
+    files = []
+    for p in map(Path, paths):
+        files += sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p] if p.exists() else []
+    return digest_files(files) if files else digest_json(paths)  # a hub id: its name is all we know

@@ -1,0 +1,73 @@
+"""Task: evaluate base, SFT and DPO on the held-out prompts; tables and a chart to MLflow."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import mlflow
+import pandas as pd
+from matplotlib.figure import Figure
+from prefect import get_run_logger, task
+
+from dpo_core.data.io import read_jsonl
+from dpo_core.digest import code_version
+from dpo_core.evaluate import EvalConfig
+from dpo_core.models import model_fingerprint, resolve_model
+from tasks.child import run_stage_in_child
+from tasks.code_version import CodeVersion
+from tasks.results import DatasetRef, EvalReport, ModelRef
+from tasks.stage import STAGE_CACHE, output_dir, publish
+from tasks.tracking import experiment_id, stage_run
+
+CODE = (
+    "dpo_core.evaluate",
+    "dpo_core.generation",
+    "dpo_core.instructions.checkers",
+    "dpo_core.models",
+)  # what this stage runs: part of its cache key
+STAGE = "evaluate"
+
+
+@task(name=STAGE, cache_policy=STAGE_CACHE + CodeVersion(modules=CODE), persist_result=True, retries=1, retry_delay_seconds=10)
+def evaluate_task(
+    cfg: EvalConfig, base_model: str, sft: ModelRef, dpo: ModelRef, data: DatasetRef,
+    parent_run_id: str, timeout_s: float | None = None,
+) -> EvalReport:
+    base_fp = model_fingerprint(resolve_model(base_model))
+    out = output_dir(STAGE, asdict(cfg), base_fp, sft.digest, dpo.digest, data.digest, code_version(*CODE))
+    models = {"base": base_model, "sft": sft.model_path, "dpo": dpo.model_path}
+    with stage_run(STAGE, parent_run_id, asdict(cfg) | {"sft_model_uri": sft.model_uri,
+                                                         "dpo_model_uri": dpo.model_uri}) as run_id:
+        job = {"config": asdict(cfg), "inputs": {"models": models, "eval_path": data.eval_path}}
+        result = run_stage_in_child("evaluate", job, out, get_run_logger().info, timeout_s)
+        scores, table = result["scores"], result["head_to_head"]
+        mlflow.log_metrics({f"{label}/{k}": v for label, s in scores.items() for k, v in s.items()})
+        mlflow.log_metrics({f"win_rate/{r['model']}_vs_{r['baseline']}": r["win_rate"] for r in table})
+        mlflow.log_table(pd.DataFrame(scores).T.reset_index(names="model"), "scores.json")
+        mlflow.log_table(pd.DataFrame(table), "head_to_head.json")
+        samples = pd.DataFrame(read_jsonl(result["samples_path"]))
+        mlflow.log_table(samples.astype({"passed_strict": str, "passed_loose": str}), "samples.json")
+        mlflow.log_figure(_bar_chart(scores), "scores.png")
+        mlflow.log_artifact(result["summary_path"])
+        publish(STAGE, run_id, experiment_id(), _markdown(scores, table))
+    return EvalReport(run_id=run_id, scores=scores, head_to_head=table)
+
+
+def _bar_chart(scores: dict):
+    frame = pd.DataFrame(scores)  # rows: metrics, columns: models
+    fig = Figure(figsize=(8, 4))
+    ax = fig.subplots()
+    frame.plot.bar(ax=ax, rot=0, ylim=(0, 1), title="Held-out instruction following")
+    ax.set_ylabel("accuracy")
+    fig.tight_layout()
+    return fig
+
+
+def _markdown(scores: dict, table: list[dict]) -> str:
+    metrics = list(next(iter(scores.values())))
+    lines = ["| model | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+    lines += [f"| {m} | " + " | ".join(f"{s[k]:.3f}" for k in metrics) + " |" for m, s in scores.items()]
+    lines += ["", "| model | baseline | wins | ties | losses | win rate |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['baseline']} | {r['wins']} | {r['ties']} | {r['losses']} | {r['win_rate']:.3f} |"
+              for r in table]
+    return "\n".join(lines)

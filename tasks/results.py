@@ -1,0 +1,34 @@
+"""The small typed values tasks hand each other: paths, digests, run ids, model URIs, metrics."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+
+class DatasetRef(BaseModel):
+    train_path: str
+    eval_path: str
+    digest: str
+    run_id: str
+    counts: dict[str, int]
+
+
+class FeedbackRef(BaseModel):
+    candidates_path: str
+    pairs_path: str
+    digest: str
+    run_id: str
+    stats: dict[str, float]
+
+
+class ModelRef(BaseModel):
+    model_path: str  # merged safetensors checkpoint
+    digest: str
+    run_id: str
+    model_uri: str  # the MLflow logged model (models:/m-...)
+
+
+class EvalReport(BaseModel):
+    run_id: str
+    scores: dict[str, dict[str, float]]
+    head_to_head: list[dict]
