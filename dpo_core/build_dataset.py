@@ -68,15 +68,16 @@ def build_dataset(cfg: BuildConfig, out_dir: Path) -> BuildResult:
     rng.shuffle(train)
     train = train[: cfg.max_train] if cfg.max_train else train
     held_out = held_out[: cfg.max_eval] if cfg.max_eval else held_out
+    rejected_path = write_jsonl(out_dir / "rejected.jsonl", rejected)  # first: kept even if the build fails
     if not train:
-        raise ValueError(f"no usable training prompts: all {len(train_rows)} rows were rejected; see {out_dir}/rejected.jsonl")
+        raise ValueError(f"no usable training prompts: all {len(train_rows)} rows were rejected; see {rejected_path}")
     if not held_out:
-        raise ValueError("no usable held-out prompts for evaluation")
+        raise ValueError(f"no usable held-out prompts for evaluation; see {rejected_path}")
 
     paths = {
         "train": write_jsonl(out_dir / "train.jsonl", (r.to_dict() for r in train)),
         "eval": write_jsonl(out_dir / "eval.jsonl", (r.to_dict() for r in held_out)),
-        "rejected": write_jsonl(out_dir / "rejected.jsonl", rejected),
+        "rejected": rejected_path,
     }
     counts = {
         "rows_in": len(train_rows) + len(eval_rows),

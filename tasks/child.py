@@ -59,8 +59,11 @@ def _relay(proc: subprocess.Popen, log, on_progress) -> None:
     for line in proc.stdout:
         line = line.rstrip()
         if line.startswith(PROGRESS_PREFIX):
+            progress = json.loads(line[len(PROGRESS_PREFIX):])
+            metrics = " ".join(f"{k}={v:.4g}" for k, v in progress.get("metrics", {}).items())
+            log(f"{progress['done']}/{progress['total']} {metrics}".rstrip())
             if on_progress:
-                on_progress(json.loads(line[len(PROGRESS_PREFIX):]))
+                on_progress(progress)
         elif line:
             log(line)
 

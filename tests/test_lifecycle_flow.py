@@ -1,0 +1,126 @@
+"""The whole lifecycle under a real temporary Prefect server and a temporary MLflow SQLite store,
+on a tiny random model: runs, caching across flow runs, and selective re-runs."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from dpo_core.build_dataset import BuildConfig
+from dpo_core.dpo.trainer import DPOConfig
+from dpo_core.evaluate import EvalConfig
+from dpo_core.feedback import FeedbackConfig
+from dpo_core.generation import SamplingConfig
+from dpo_core.sft import SFTConfig
+from tasks.settings import tracking_uri
+from tasks.tracking import EXPERIMENT
+
+DATA = Path(__file__).parent / "data"
+STAGES = ["build-dataset", "collect-feedback", "sft", "dpo", "evaluate"]
+
+
+def _params(tiny_model: str, **overrides) -> dict:
+    params = {
+        "model": tiny_model,
+        "data": BuildConfig(source=str(DATA / "prompts.jsonl"), eval_source=str(DATA / "eval_prompts.jsonl")),
+        "feedback": FeedbackConfig(sampling=SamplingConfig(num_samples=4, max_new_tokens=16, temperature=1.0)),
+        "sft": SFTConfig(min_score=0.5, epochs=1),
+        "dpo": DPOConfig(epochs=1, beta=0.1),
+        "evaluation": EvalConfig(max_new_tokens=12),
+    }
+    return params | overrides
+
+
+def _child_runs(client: MlflowClient, parent_id: str) -> dict[str, list]:
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
+    by_stage: dict[str, list] = {}
+    for r in runs:
+        by_stage.setdefault(r.data.tags["stage"], []).append(r)
+    return by_stage
+
+
+def _parent_runs(client: MlflowClient) -> list:
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+    return [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+
+
+@pytest.fixture(scope="module")
+def first_run(prefect_server, tiny_model):
+    from flows.lifecycle import lifecycle
+
+    report = lifecycle(**_params(tiny_model))
+    return report
+
+
+def test_full_flow_logs_parent_and_child_runs(first_run):
+    client = MlflowClient(tracking_uri())
+    parent = _parent_runs(client)[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["dpo.beta"] == "0.1"
+    children = _child_runs(client, parent.info.run_id)
+    assert sorted(children) == sorted(STAGES)
+    assert all(r.info.status == "FINISHED" for rs in children.values() for r in rs)
+
+    dpo = children["dpo"][0]
+    history = client.get_metric_history(dpo.info.run_id, "train/loss")
+    assert len(history) >= 1 and [m.step for m in history] == list(range(1, len(history) + 1))
+    for key in ["train/rewards/accuracies", "train/rewards/margins", "train/logps/chosen", "train/grad_norm"]:
+        assert key in dpo.data.metrics
+    assert dpo.data.metrics["train_pairs"] >= 1
+
+    for stage in ("sft", "dpo"):
+        run = children[stage][0]
+        models = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                             filter_string=f"source_run_id = '{run.info.run_id}'", output_format="list")
+        assert len(models) == 1, stage
+        local = Path(mlflow.artifacts.download_artifacts(models[0].model_uri))
+        assert list(local.rglob("config.json")) and list(local.rglob("*.safetensors")), stage
+
+    build = children["build-dataset"][0]
+    assert {i.dataset.name for i in build.inputs.dataset_inputs} == {"prompts-train", "prompts-eval"}
+    feedback = children["collect-feedback"][0]
+    artifacts = {a.path for a in client.list_artifacts(feedback.info.run_id)}
+    assert "pairs.json" in artifacts
+
+    evaluation = children["evaluate"][0]
+    for label in ("base", "sft", "dpo"):
+        assert 0.0 <= evaluation.data.metrics[f"{label}/prompt_level_strict"] <= 1.0
+    assert {"samples.json", "scores.png", "scores.json"} <= {a.path for a in client.list_artifacts(evaluation.info.run_id)}
+    assert set(first_run.scores) == {"base", "sft", "dpo"}
+
+
+def test_second_run_hits_the_cache_for_every_stage(first_run, tiny_model):
+    from flows.lifecycle import lifecycle
+
+    report = lifecycle(**_params(tiny_model))
+    client = MlflowClient(tracking_uri())
+    parents = _parent_runs(client)
+    assert len(parents) == 2
+    assert _child_runs(client, parents[1].info.run_id) == {}  # no stage ran again
+    assert report == first_run
+
+
+def test_changed_dpo_params_rerun_only_dpo_and_evaluate(first_run, tiny_model):
+    from flows.lifecycle import lifecycle
+
+    report = lifecycle(**_params(tiny_model, dpo=DPOConfig(epochs=1, beta=0.5)))
+    client = MlflowClient(tracking_uri())
+    latest = _parent_runs(client)[-1]
+    assert sorted(_child_runs(client, latest.info.run_id)) == ["dpo", "evaluate"]
+    assert report.run_id != first_run.run_id
+
+
+def test_changed_feedback_params_rerun_feedback_and_later_stages(first_run, tiny_model):
+    from flows.lifecycle import lifecycle
+
+    sampling = dataclasses.replace(_params(tiny_model)["feedback"].sampling, seed=1)
+    lifecycle(**_params(tiny_model, feedback=FeedbackConfig(sampling=sampling)))
+    client = MlflowClient(tracking_uri())
+    latest = _parent_runs(client)[-1]
+    assert sorted(_child_runs(client, latest.info.run_id)) == sorted(STAGES[1:])
