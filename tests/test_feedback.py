@@ -1,0 +1,49 @@
+"""Binarization rules and the feedback stage's files on a tiny model."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from dpo_core.build_dataset import BuildConfig, build_dataset
+from dpo_core.data.io import read_jsonl
+from dpo_core.feedback import FeedbackConfig, binarize, collect_feedback
+from dpo_core.generation import SamplingConfig
+from dpo_core.records import JudgedCandidate, PreferencePair, PromptRecord
+
+PROMPT = PromptRecord("p1", [{"role": "user", "content": "hi"}], [{"kind": "lowercase", "args": {}}])
+
+
+def _cands(scores):
+    return [JudgedCandidate("p1", i, "m", f"answer {i}", 3, s, [s == 1.0]) for i, s in enumerate(scores)]
+
+
+def test_best_is_chosen_and_rejected_is_lower():
+    for seed in range(20):
+        pair = binarize(PROMPT, _cands([0.5, 1.0, 0.0, 0.5]), random.Random(seed))
+        assert pair.chosen[0]["content"] == "answer 1" and pair.score_chosen == 1.0
+        assert pair.score_rejected < 1.0
+
+
+def test_rejected_is_drawn_from_all_lower_candidates():
+    picks = {binarize(PROMPT, _cands([1.0, 0.5, 0.0, 0.5]), random.Random(s)).rejected[0]["content"] for s in range(50)}
+    assert picks == {"answer 1", "answer 2", "answer 3"}
+
+
+def test_all_tied_gives_no_pair():
+    assert binarize(PROMPT, _cands([0.5, 0.5, 0.5]), random.Random(0)) is None
+
+
+def test_collect_feedback_writes_candidates_and_valid_pairs(tiny_model, tmp_path):
+    data = Path(__file__).parent / "data"
+    built = build_dataset(BuildConfig(source=str(data / "prompts.jsonl"), eval_source=str(data / "eval_prompts.jsonl")),
+                          tmp_path / "data")
+    prompts = built.train_path
+    cfg = FeedbackConfig(sampling=SamplingConfig(num_samples=4, max_new_tokens=16, temperature=1.0))
+    result = collect_feedback(cfg, tiny_model, prompts, tmp_path / "feedback")
+    candidates = read_jsonl(result.candidates_path)
+    assert len(candidates) == 4 * len(read_jsonl(prompts))
+    assert all(c["model"] == tiny_model and 0 < c["n_tokens"] <= 16 for c in candidates)
+    pairs = [PreferencePair(**p) for p in read_jsonl(result.pairs_path)]  # validates every record
+    assert result.stats["pairs"] == len(pairs) > 0
+    assert result.stats["pairs"] + result.stats["ties_dropped"] == len(read_jsonl(prompts))
