@@ -26,16 +26,18 @@ def render_answer(tokenizer: PreTrainedTokenizerBase, messages: list[dict], answ
     return full[len(prompt):]
 
 
-def encode_pair(
-    tokenizer: PreTrainedTokenizerBase, messages: list[dict], answer: str, max_length: int
-) -> tuple[list[int], list[int]]:
-    """Token ids of (prompt, answer), truncating the prompt from the left then the answer from
-    the right so that together they fit ``max_length``."""
+def encode(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict], answers: list[str], max_length: int
+) -> tuple[list[int], list[list[int]]]:
+    """Token ids of the prompt and of each answer. When prompt + longest answer exceed
+    ``max_length``, the prompt loses tokens from the left (down to half the budget), then the
+    answers from the right; all answers share one prompt encoding, as prefix sharing needs."""
     prompt_ids = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
-    answer_ids = tokenizer(render_answer(tokenizer, messages, answer), add_special_tokens=False)["input_ids"]
-    overflow = len(prompt_ids) + len(answer_ids) - max_length
+    answer_ids = [tokenizer(render_answer(tokenizer, messages, a), add_special_tokens=False)["input_ids"]
+                  for a in answers]
+    overflow = len(prompt_ids) + max(len(a) for a in answer_ids) - max_length
     if overflow > 0:
         keep_prompt = min(len(prompt_ids), max(len(prompt_ids) - overflow, max_length // 2))
         prompt_ids = prompt_ids[len(prompt_ids) - keep_prompt:]
-        answer_ids = answer_ids[: max_length - len(prompt_ids)]
+        answer_ids = [a[: max_length - len(prompt_ids)] for a in answer_ids]
     return prompt_ids, answer_ids

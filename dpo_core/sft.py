@@ -11,12 +11,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from dpo_core.batching import answer_token_logps, collate
-from dpo_core.chat import encode_pair
+import torch
+
+from dpo_core.batching import Batch, answer_token_logps, collate, to_device
+from dpo_core.chat import encode
 from dpo_core.data.io import read_jsonl
 from dpo_core.models import load_model, load_tokenizer, resolve_model
 from dpo_core.records import JudgedCandidate, PromptRecord
-from dpo_core.training import TrainConfig, TrainResult, fit, save_trained, seed_everything, with_lora
+from dpo_core.training import TrainConfig, TrainResult, device, fit, save_trained, with_lora
 
 
 @dataclass
@@ -39,27 +41,27 @@ def train_sft(
     cfg: SFTConfig, model_ref: str, prompts_path: Path, candidates_path: Path, out_dir: Path,
     on_step: Callable[[int, int, dict], None] | None = None,
 ) -> TrainResult:
-    seed_everything(cfg.seed)
+    torch.manual_seed(cfg.seed)
     examples = select_sft_examples(prompts_path, candidates_path, cfg.min_score)
     if not examples:
         raise ValueError(
             f"no candidate reached min_score={cfg.min_score}: lower min_score or sample more candidates"
         )
     path = resolve_model(model_ref)
-    tokenizer, model = load_tokenizer(path), load_model(path)
+    tokenizer, model = load_tokenizer(path), load_model(path).to(device())
     if cfg.lora:
         model = with_lora(model, cfg)
-    encoded = [encode_pair(tokenizer, m, a, cfg.max_length) for m, a in examples]
-    encoded.sort(key=lambda pa: len(pa[0]) + len(pa[1]))  # similar lengths per batch: less padding
-    batches = [collate(encoded[i : i + cfg.batch_size], tokenizer.pad_token_id)
-               for i in range(0, len(encoded), cfg.batch_size)]
+    encoded = [encode(tokenizer, m, [a], cfg.max_length) for m, a in examples]
 
-    def step_loss(batch):
+    def make_batch(items):
+        return to_device(collate(items, tokenizer.pad_token_id), device())
+
+    def step_loss(batch: Batch):
         logps, _ = answer_token_logps(model, batch)
         n_tokens = batch.answer_mask.sum()
-        loss = -logps.sum() / n_tokens
-        return loss, {"loss": loss.item(), "num_tokens": float(n_tokens)}
+        loss = -logps.sum() / n_tokens  # mean cross-entropy per answer token
+        return loss, {"loss": loss.item(), "num_tokens": float(batch.num_tokens)}
 
-    metrics = fit(model, batches, step_loss, cfg, Path(out_dir) / "metrics.jsonl", on_step)
+    metrics = fit(model, encoded, make_batch, step_loss, cfg, out_dir, on_step)
     metrics["train_examples"] = len(examples)
     return save_trained(model, tokenizer, cfg, out_dir, metrics)

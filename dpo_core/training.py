@@ -1,19 +1,24 @@
 """What SFT and DPO share: the config fields, LoRA setup, the optimisation loop, and saving.
 
-The loop is deliberately small: AdamW, warm-up then cosine or linear decay, gradient
-accumulation, clipping, and one metrics line per optimizer step in ``metrics.jsonl``.
+The loop (``fit``) is small and owned here rather than borrowed from ``transformers.Trainer``:
+AdamW, warm-up then cosine or linear decay, gradient accumulation that averages over examples
+(so 4 micro-batches of 1 equal one batch of 4), clipping, bf16 autocast where the device has it,
+evaluation and checkpoints every N steps, and resume from the last checkpoint with optimizer,
+scheduler and RNG state. One metrics line per optimizer step goes to ``metrics.jsonl``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import random
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import get_scheduler
 
 from dpo_core.digest import digest_files
@@ -27,12 +32,17 @@ class TrainConfig:
     lora_dropout: float = 0.0
     learning_rate: float = 2e-4
     epochs: int = 1
+    max_steps: int | None = None  # stop after this many optimizer steps (the schedule spans them)
     batch_size: int = 4  # examples (SFT) or pairs (DPO) per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step
     warmup_ratio: float = 0.1  # share of optimizer steps spent warming up
     scheduler: str = "cosine"  # "cosine" or "linear" decay after warm-up
     max_grad_norm: float = 1.0
     max_length: int = 512  # prompt + answer tokens
+    precision: str = "auto"  # "auto" (bf16 autocast on a GPU that has it, else fp32), "fp32" or "bf16"
+    eval_steps: int = 0  # evaluate every N optimizer steps (0: only at the end), when there is eval data
+    save_steps: int = 0  # checkpoint every N optimizer steps for resume (0: never)
+    save_total_limit: int = 2  # checkpoints kept
     seed: int = 0
 
     def __post_init__(self):
@@ -42,6 +52,10 @@ class TrainConfig:
             raise ValueError(f"scheduler must be 'cosine' or 'linear', got {self.scheduler!r}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.precision not in {"auto", "fp32", "bf16"}:
+            raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1 or None, got {self.max_steps}")
 
 
 @dataclass
@@ -52,9 +66,8 @@ class TrainResult:
     metrics: dict  # last step's metrics plus totals
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def with_lora(model, cfg: TrainConfig):
@@ -69,50 +82,89 @@ def with_lora(model, cfg: TrainConfig):
     return get_peft_model(model, lora)
 
 
+def autocast(cfg: TrainConfig):
+    """bf16 autocast where asked for or, with "auto", on a GPU that supports it; fp32 on CPUs
+    (bf16 matmuls are several times slower than fp32 on common x86 CPUs)."""
+    dev = device()
+    use_bf16 = cfg.precision == "bf16" or (
+        cfg.precision == "auto" and dev.type == "cuda" and torch.cuda.is_bf16_supported())
+    return torch.autocast(dev.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+
+
 def fit(
     model,
-    batches: Sequence,
+    examples: Sequence,
+    make_batch: Callable[[list], object],
     step_loss: Callable[[object], tuple[torch.Tensor, dict[str, float]]],
     cfg: TrainConfig,
-    metrics_path: Path,
+    out_dir: Path,
     on_step: Callable[[int, int, dict], None] | None = None,
+    eval_examples: Sequence = (),
 ) -> dict:
-    """Optimise ``step_loss`` over ``batches`` for ``cfg.epochs``; return the last step's metrics."""
+    """Optimise ``step_loss`` (mean loss of a batch, and its metrics) over ``examples``.
+
+    Each optimizer step takes ``batch_size * grad_accum`` examples from a per-epoch permutation
+    seeded by ``seed + epoch``, so a resumed run sees exactly the data an uninterrupted one would.
+    """
+    out_dir = Path(out_dir)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
-    total_steps = math.ceil(len(batches) / cfg.grad_accum) * cfg.epochs
-    scheduler = get_scheduler(
-        cfg.scheduler, optimizer, num_warmup_steps=round(cfg.warmup_ratio * total_steps),
-        num_training_steps=total_steps,
-    )
-    rng = random.Random(cfg.seed)
+    group = cfg.batch_size * cfg.grad_accum
+    steps_per_epoch = math.ceil(len(examples) / group)
+    total_steps = min(steps_per_epoch * cfg.epochs, cfg.max_steps or math.inf)
+    scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=round(cfg.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
+    step = _resume(model, optimizer, scheduler, out_dir)
+    metrics_path = out_dir / "metrics.jsonl"
+    _truncate_metrics(metrics_path, step)
+    last: dict = {}
     model.train()
-    step, last = 0, {}
-    metrics_path.parent.mkdir(parents=True, exist_ok=True)
-    with metrics_path.open("w") as log:
-        for epoch in range(cfg.epochs):
-            order = list(range(len(batches)))
-            rng.shuffle(order)
-            for start in range(0, len(order), cfg.grad_accum):
-                group = order[start : start + cfg.grad_accum]
-                sums: dict[str, float] = {}
-                for i in group:
-                    loss, metrics = step_loss(batches[i])
-                    (loss / len(group)).backward()
-                    for k, v in metrics.items():
-                        sums[k] = sums.get(k, 0.0) + v / len(group)
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                lr = scheduler.get_last_lr()[0]
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                last = sums | {"grad_norm": float(grad_norm), "learning_rate": lr, "epoch": epoch + (start + len(group)) / len(order)}
-                log.write(json.dumps({"step": step} | last) + "\n")
-                log.flush()
-                if on_step:
-                    on_step(step, total_steps, last)
+    with metrics_path.open("a") as log:
+        while step < total_steps:
+            epoch, index = divmod(step, steps_per_epoch)
+            order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed + epoch)).tolist()
+            chosen = [examples[i] for i in order[index * group : (index + 1) * group]]
+            sums: dict[str, float] = {}
+            for start in range(0, len(chosen), cfg.batch_size):
+                micro = chosen[start : start + cfg.batch_size]
+                weight = len(micro) / len(chosen)  # average over examples, not micro-batches
+                with autocast(cfg):
+                    loss, metrics = step_loss(make_batch(micro))
+                (loss * weight).backward()
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + v * weight
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            last = sums | {"grad_norm": float(grad_norm), "learning_rate": lr, "epoch": step / steps_per_epoch}
+            if eval_examples and ((cfg.eval_steps and step % cfg.eval_steps == 0) or step == total_steps):
+                last |= evaluate_loss(model, eval_examples, make_batch, step_loss, cfg)
+            log.write(json.dumps({"step": step} | last) + "\n")
+            log.flush()
+            if cfg.save_steps and step % cfg.save_steps == 0 and step < total_steps:
+                _save_checkpoint(model, optimizer, scheduler, step, out_dir, cfg.save_total_limit)
+            if on_step:
+                on_step(step, total_steps, last)
     return last
+
+
+@torch.no_grad()
+def evaluate_loss(model, examples: Sequence, make_batch, step_loss, cfg: TrainConfig) -> dict[str, float]:
+    """``step_loss`` metrics averaged over ``examples``, prefixed ``eval_`` as TRL logs them."""
+    was_training = model.training
+    model.eval()
+    sums: dict[str, float] = {}
+    for start in range(0, len(examples), cfg.batch_size):
+        micro = list(examples[start : start + cfg.batch_size])
+        with autocast(cfg):
+            _, metrics = step_loss(make_batch(micro))
+        for k, v in metrics.items():
+            sums[k] = sums.get(k, 0.0) + v * len(micro) / len(examples)
+    model.train(was_training)
+    return {f"eval_{k}": v for k, v in sums.items()}
 
 
 def save_trained(model, tokenizer, cfg: TrainConfig, out_dir: Path, metrics: dict) -> TrainResult:
@@ -129,3 +181,48 @@ def save_trained(model, tokenizer, cfg: TrainConfig, out_dir: Path, metrics: dic
     (out_dir / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     weights = sorted(model_path.glob("*.safetensors"))
     return TrainResult(str(model_path), str(adapter_path) if adapter_path else None, digest_files(weights), metrics)
+
+
+def _save_checkpoint(model, optimizer, scheduler, step: int, out_dir: Path, keep: int) -> None:
+    """Trainable weights, optimizer, scheduler and RNG state; written to a temp folder then renamed."""
+    root = out_dir / "checkpoints"
+    tmp = root / f".step-{step:06d}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    trainable = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    save_file(trainable, tmp / "trainable.safetensors")
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "cpu_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+               tmp / "state.pt")
+    tmp.rename(root / f"step-{step:06d}")
+    for old in sorted(root.glob("step-*"))[:-keep]:
+        shutil.rmtree(old)
+
+
+def _resume(model, optimizer, scheduler, out_dir: Path) -> int:
+    """Load the newest checkpoint under ``out_dir``, if any; return the step it was taken at."""
+    checkpoints = sorted((out_dir / "checkpoints").glob("step-*"))
+    if not checkpoints:
+        return 0
+    latest = checkpoints[-1]
+    weights = load_file(latest / "trainable.safetensors")
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in weights]
+    if missing:
+        raise ValueError(f"checkpoint {latest} does not match this model (missing {missing[:3]}); delete it to restart")
+    model.load_state_dict(weights, strict=False)
+    state = torch.load(latest / "state.pt", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["cpu_rng"])
+    if state["cuda_rng"]:
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return int(latest.name.split("-")[1])
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines past the resumed step, so the log reads as one uninterrupted run."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in kept))

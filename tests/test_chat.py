@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dpo_core.chat import encode_pair
+from dpo_core.chat import encode
 from dpo_core.models import load_tokenizer
 
 CHAT = [{"role": "user", "content": "Say hi."}]
@@ -10,7 +10,7 @@ CHAT = [{"role": "user", "content": "Say hi."}]
 
 def test_no_double_bos_and_answer_ends_turn(tiny_model):
     tok = load_tokenizer(tiny_model)
-    prompt, answer = encode_pair(tok, CHAT, "hi", max_length=512)
+    prompt, (answer,) = encode(tok, CHAT, ["hi"], max_length=512)
     text = tok.decode(prompt + answer)
     assert text.count("<|im_start|>") == 3  # system, user, assistant headers: no extra BOS
     assert tok.decode(prompt).endswith("<|im_start|>assistant\n")
@@ -18,9 +18,10 @@ def test_no_double_bos_and_answer_ends_turn(tiny_model):
     assert tok.convert_tokens_to_ids("<|im_end|>") in answer
 
 
-def test_truncation_keeps_the_answer_start_and_fits(tiny_model):
+def test_truncation_keeps_one_prompt_for_all_answers_and_fits(tiny_model):
     tok = load_tokenizer(tiny_model)
     long_prompt = [{"role": "user", "content": "word " * 400}]
-    prompt, answer = encode_pair(tok, long_prompt, "yes " * 100, max_length=128)
-    assert len(prompt) + len(answer) <= 128
-    assert tok.decode(answer).startswith("yes")
+    prompt, answers = encode(tok, long_prompt, ["yes " * 100, "no"], max_length=128)
+    assert all(len(prompt) + len(a) <= 128 for a in answers)
+    assert tok.decode(answers[0]).startswith("yes") and tok.decode(answers[1]).startswith("no<|im_end|>")
+    assert tok.decode(prompt).endswith("<|im_start|>assistant\n")  # truncated from the left

@@ -1,41 +1,104 @@
-"""DPO numerics: the loss against hand-computed values, and answer log-probs against the plain
-full-logits computation."""
+"""DPO numerics: every loss against a value derived by hand in float64, and the answer
+log-probs of the prefix-shared, chunked forward against a plain full-logits computation."""
 
 from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from torch.testing import assert_close
 
 from dpo_core.batching import answer_token_logps, collate
-from dpo_core.dpo.losses import sigmoid
+from dpo_core.dpo.losses import LOSSES, LossSettings, PairLogps, combined_loss
 from dpo_core.models import load_model
+from dpo_core.training import TrainConfig, with_lora
+
+# One pair, float64:  pc=-10, pr=-14, rc=-11, rr=-12, |c|=4, |r|=8
+#   d       = (pc - rc) - (pr - rr) = 1 - (-2) = 3
+#   d_avg   = 1/4 - (-2/8) = 0.5
+#   chosen NLL per token = 2.5 (given directly below)
+S = PairLogps(*(torch.tensor([v], dtype=torch.float64) for v in (-10.0, -14.0, -11.0, -12.0, 4.0, 8.0)),
+              chosen_nll=torch.tensor(2.5, dtype=torch.float64))
+O = LossSettings(beta=0.5, label_smoothing=0.2, simpo_gamma=0.3)
 
 
-def test_sigmoid_loss_hand_derived():
-    # pc - rc = -1 - (-2) = 1, pr - rr = -3 - (-2.5) = -0.5, beta = 0.5 -> z = 0.5 * 1.5 = 0.75
-    # loss = -log(sigmoid(0.75)) = log(1 + e^-0.75) = 0.3864...
-    loss = sigmoid(torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.5]), beta=0.5)
-    assert_close(loss, torch.tensor([math.log1p(math.exp(-0.75))]))
+def softplus(x: float) -> float:  # -log sigmoid(-x) = log(1 + e^x)
+    return math.log1p(math.exp(x))
 
 
-def test_sigmoid_loss_is_ln2_when_policy_equals_reference():
-    lp = torch.tensor([-7.0, -3.0])
-    assert_close(sigmoid(lp, lp + 1, lp, lp + 1, beta=0.1), torch.full((2,), math.log(2.0)))
+EXPECTED = {
+    # beta d = 1.5
+    "sigmoid": softplus(-1.5),
+    "cdpo": 0.8 * softplus(-1.5) + 0.2 * softplus(1.5),
+    "robust": (0.8 * softplus(-1.5) - 0.2 * softplus(1.5)) / 0.6,
+    "ipo": (0.5 - 1 / (2 * 0.5)) ** 2,  # (d_avg - 1/(2 beta))^2 = 0.25
+    "ipo_sum": (3 - 1 / (2 * 0.5)) ** 2,  # 4
+    "hinge": max(0.0, 1 - 1.5),  # 0
+    "sigmoid_norm": softplus(-0.25),  # beta d_avg = 0.25
+    "simpo": softplus(-(0.5 * (-10 / 4 - -14 / 8) - 0.3)),  # beta (-2.5 + 1.75) - 0.3 = -0.675
+    "sft": 2.5,
+}
 
 
-def test_answer_logps_match_full_logits(tiny_model):
-    """Left padding + logits_to_keep must give the same answer log-probs as one unpadded forward
-    per sequence over every position."""
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_loss_matches_hand_derivation(name):
+    assert_close(LOSSES[name](S, O), torch.tensor([EXPECTED[name]], dtype=torch.float64))
+
+
+def test_every_loss_has_a_hand_derivation():
+    assert set(EXPECTED) == set(LOSSES)
+
+
+def test_combined_loss_is_the_weighted_sum():
+    got = combined_loss(S, O, ["sigmoid", "sft"], [1.0, 0.2])  # RPO with alpha = 0.2
+    assert_close(got, torch.tensor([EXPECTED["sigmoid"] + 0.2 * 2.5], dtype=torch.float64))
+
+
+def test_sigmoid_is_ln2_when_policy_equals_reference():
+    lp = torch.tensor([-7.0, -3.0], dtype=torch.float64)
+    s = PairLogps(lp, lp + 1, lp, lp + 1, torch.ones(2), torch.ones(2), torch.tensor(0.0))
+    assert_close(LOSSES["sigmoid"](s, LossSettings(beta=0.1)), torch.full((2,), math.log(2.0), dtype=torch.float64))
+
+
+EXAMPLES = [([5, 6, 7, 8], [[9, 10], [11, 12, 13, 14]]), ([15, 16], [[17, 18, 19, 20, 21], [22]]),
+            ([23, 24, 25], [[26], [27, 28]])]
+
+
+def _naive_logps(model, prompt, answer):
+    """One unpadded forward over the whole sequence, log-softmax over every position."""
+    full = torch.log_softmax(model(torch.tensor([prompt + answer])).logits[0, :-1].double(), -1)
+    return full[len(prompt) - 1 :].gather(-1, torch.tensor(answer).unsqueeze(-1)).squeeze(-1)
+
+
+@pytest.mark.parametrize("share_prefix", [True, False])
+@pytest.mark.parametrize("chunk_tokens", [1024, 2])
+def test_answer_logps_match_naive_forward(tiny_model, share_prefix, chunk_tokens):
     model = load_model(tiny_model).eval()
-    examples = [([5, 6, 7, 8], [9, 10]), ([11, 12], [13, 14, 15, 16]), ([17, 18, 19], [20])]
-    batch = collate(examples, pad_id=0)
+    batch = collate(EXAMPLES, pad_id=0)
     with torch.no_grad():
-        logps, _ = answer_token_logps(model, batch)
-        for i, (p, a) in enumerate(examples):
-            ids = torch.tensor([p + a])
-            full = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)
-            expected = full[len(p) - 1 :].gather(-1, torch.tensor(a).unsqueeze(-1)).squeeze(-1)
-            assert_close(logps[i, batch.answer_width - len(a) :], expected, rtol=1e-4, atol=1e-5)
-            assert torch.all(logps[i, : batch.answer_width - len(a)] == 0)
+        logps, _ = answer_token_logps(model, batch, share_prefix=share_prefix, chunk_tokens=chunk_tokens)
+        for i, (prompt, answers) in enumerate(EXAMPLES):
+            for j, answer in enumerate(answers):
+                row = logps[i * 2 + j]
+                assert_close(row[: len(answer)].double(), _naive_logps(model, prompt, answer), rtol=1e-4, atol=1e-5)
+                assert torch.all(row[len(answer):] == 0)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_prefix_sharing_gives_the_same_gradients(tiny_model, lora):
+    grads = {}
+    for share in (True, False):
+        torch.manual_seed(0)
+        model = load_model(tiny_model)
+        if lora:
+            model = with_lora(model, TrainConfig(lora_r=4))
+            for n, p in model.named_parameters():  # move B off zero so every LoRA weight gets a gradient
+                if "lora_B" in n:
+                    torch.nn.init.normal_(p, std=0.02)
+        logps, _ = answer_token_logps(model, collate(EXAMPLES, pad_id=0), share_prefix=share)
+        (logps.sum(-1) * torch.tensor([1.0, -1.0] * 3)).sum().backward()
+        grads[share] = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    assert grads[True].keys() == grads[False].keys() and grads[True]
+    for name in grads[True]:
+        assert_close(grads[True][name], grads[False][name], rtol=1e-4, atol=1e-6, msg=name)

@@ -7,6 +7,10 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
+from torch.optim.optimizer import register_optimizer_step_pre_hook
+from torch.testing import assert_close
 
 from dpo_core.data.io import write_jsonl
 from dpo_core.dpo.trainer import DPOConfig, train_dpo
@@ -29,7 +33,8 @@ def _metrics(out: Path) -> list[dict]:
 
 
 @pytest.mark.parametrize("lora", [True, False])
-def test_dpo_starts_at_ln2_and_learns(tiny_model, pairs_path, tmp_path, lora):
+def test_dpo_starts_at_ln2_and_learns(tiny_model, pairs_path, tmp_path, lora, monkeypatch):
+    monkeypatch.setenv("DPO_CACHE_DIR", str(tmp_path / "cache"))
     cfg = DPOConfig(lora=lora, learning_rate=5e-3, epochs=4, batch_size=4, warmup_ratio=0.0)
     result = train_dpo(cfg, tiny_model, pairs_path, tmp_path)
     steps = _metrics(tmp_path)
@@ -41,6 +46,78 @@ def test_dpo_starts_at_ln2_and_learns(tiny_model, pairs_path, tmp_path, lora):
     assert (Path(result.model_path) / "model.safetensors").exists()
     assert (result.adapter_path is not None) == lora
     load_model(result.model_path)  # the merged checkpoint loads as a plain model
+
+
+def _grads_at_each_step(run) -> list[dict]:
+    """Run ``run()`` and record the gradients the optimizer sees at every step."""
+    seen = []
+
+    def hook(optimizer, args, kwargs):
+        seen.append({id(p): p.grad.clone() for g in optimizer.param_groups for p in g["params"]})
+
+    handle = register_optimizer_step_pre_hook(hook)
+    try:
+        run()
+    finally:
+        handle.remove()
+    return [dict(sorted(enumerate(g.values()))) for g in seen]
+
+
+def test_grad_accumulation_equals_a_larger_batch(tiny_model, pairs_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("DPO_CACHE_DIR", str(tmp_path / "cache"))
+    common = dict(lora=False, learning_rate=1e-3, max_steps=2, warmup_ratio=0.0)
+    big = _grads_at_each_step(lambda: train_dpo(DPOConfig(batch_size=4, grad_accum=1, **common), tiny_model,
+                                                pairs_path, tmp_path / "big"))
+    acc = _grads_at_each_step(lambda: train_dpo(DPOConfig(batch_size=1, grad_accum=4, **common), tiny_model,
+                                                pairs_path, tmp_path / "acc"))
+    assert len(big) == len(acc) == 2
+    for step_big, step_acc in zip(big, acc, strict=True):
+        for i in step_big:
+            assert_close(step_acc[i], step_big[i], rtol=1e-4, atol=1e-6)
+    assert _metrics(tmp_path / "big")[1]["loss"] == pytest.approx(_metrics(tmp_path / "acc")[1]["loss"], abs=1e-5)
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_resume_after_a_crash_gives_the_same_weights(tiny_model, pairs_path, tmp_path, monkeypatch, lora):
+    monkeypatch.setenv("DPO_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = DPOConfig(lora=lora, learning_rate=5e-3, epochs=3, batch_size=2, save_steps=2, warmup_ratio=0.25)
+    straight = train_dpo(cfg, tiny_model, pairs_path, tmp_path / "straight")
+
+    def crash_at_5(step, total, metrics):
+        if step == 5:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train_dpo(cfg, tiny_model, pairs_path, tmp_path / "resumed", on_step=crash_at_5)
+    assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
+    resumed = train_dpo(cfg, tiny_model, pairs_path, tmp_path / "resumed")
+    a, b = load_file(Path(straight.model_path) / "model.safetensors"), load_file(Path(resumed.model_path) / "model.safetensors")
+    for name in a:
+        assert_close(b[name], a[name], rtol=0, atol=1e-6, msg=name)
+    assert [m["loss"] for m in _metrics(tmp_path / "resumed")] == pytest.approx([m["loss"] for m in _metrics(tmp_path / "straight")])
+
+
+def test_reference_logps_are_reused_across_runs(tiny_model, pairs_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("DPO_CACHE_DIR", str(tmp_path / "cache"))
+    first = train_dpo(DPOConfig(max_steps=1, beta=0.1), tiny_model, pairs_path, tmp_path / "a")
+    second = train_dpo(DPOConfig(max_steps=1, beta=0.3, loss_type=["ipo"]), tiny_model, pairs_path, tmp_path / "b")
+    assert first.metrics["reference_reused"] == 0.0 and second.metrics["reference_reused"] == 1.0
+    assert len(list((tmp_path / "cache" / "reference-logps").iterdir())) == 1
+
+
+@pytest.mark.parametrize("precompute", [True, False])
+def test_every_step_reference_matches_precomputed(tiny_model, pairs_path, tmp_path, monkeypatch, precompute):
+    monkeypatch.setenv("DPO_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = DPOConfig(lora=False, precompute_reference=precompute, learning_rate=1e-3, max_steps=3, warmup_ratio=0.0,
+                    eval_fraction=0.25, eval_steps=1)
+    train_dpo(cfg, tiny_model, pairs_path, tmp_path / "out")
+    steps = _metrics(tmp_path / "out")
+    assert steps[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert all("eval_loss" in s and "eval_rewards/margins" in s for s in steps)
 
 
 def test_sft_trains_on_best_candidates_only(tiny_model, tmp_path):
@@ -60,7 +137,9 @@ def test_sft_trains_on_best_candidates_only(tiny_model, tmp_path):
 
 def test_bad_config_fails_at_construction():
     with pytest.raises(ValueError, match="loss_type"):
-        DPOConfig(loss_type="nope")
+        DPOConfig(loss_type=["nope"])
+    with pytest.raises(ValueError, match="loss_weights"):
+        DPOConfig(loss_type=["sigmoid", "sft"], loss_weights=[1.0])
     with pytest.raises(ValueError, match="beta"):
         DPOConfig(beta=0)
     with pytest.raises(ValueError, match="scheduler"):

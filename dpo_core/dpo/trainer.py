@@ -1,124 +1,165 @@
 """Stage 4, DPO: train the policy on preference pairs against a frozen reference.
 
-With LoRA (the default) the reference is the same network with its adapter disabled, so only
-one copy of the weights is held. Reference log-probs are computed once before training: they
-never change, and a second forward per step would cost a third of the step.
+Lifecycle: ``setup`` (model, reference, tokenized pairs) -> reference log-probs (once, cached on
+disk) -> ``fit`` (the shared loop: accumulation, schedule, eval, checkpoints, resume) -> save.
+
+Reference modes: with LoRA the reference is the policy with its adapter disabled (one copy of
+the weights); for a full fine-tune a frozen copy. ``precompute_reference`` (default) runs the
+reference once over all pairs and frees the copy before training; otherwise it runs every step.
 """
 
 from __future__ import annotations
 
 import contextlib
+import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from dpo_core.batching import Batch, answer_token_logps, collate
-from dpo_core.chat import encode_pair
+from dpo_core.batching import Batch, answer_token_logps, collate, to_device
+from dpo_core.chat import encode
 from dpo_core.data.io import read_jsonl
-from dpo_core.dpo.losses import LOSSES, implicit_rewards
-from dpo_core.models import load_model, load_tokenizer, resolve_model
+from dpo_core.dpo.losses import LOSSES, REFERENCE_FREE, LossSettings, PairLogps, combined_loss
+from dpo_core.dpo.reference import cache_path, compute_reference_logps, load_or_compute, reference_key
+from dpo_core.models import cache_dir, load_model, load_tokenizer, model_fingerprint, resolve_model
 from dpo_core.records import PreferencePair
-from dpo_core.training import TrainConfig, TrainResult, fit, save_trained, seed_everything, with_lora
+from dpo_core.training import TrainConfig, TrainResult, device, fit, save_trained, with_lora
 
 
 @dataclass
 class DPOConfig(TrainConfig):
-    """``model_ref`` of train_dpo is both the starting policy and the reference (the SFT model)."""
+    """The model passed to ``train_dpo`` is both the starting policy and the reference."""
 
     beta: float = 0.1  # strength of the KL anchor to the reference (DPO paper's beta)
-    loss_type: str = "sigmoid"
+    loss_type: list[str] = field(default_factory=lambda: ["sigmoid"])  # one or more of dpo_core.dpo.losses.LOSSES
+    loss_weights: list[float] | None = None  # one weight per loss type (default: all 1.0)
+    label_smoothing: float = 0.0  # cdpo / robust: assumed share of flipped preference labels
+    simpo_gamma: float = 0.5  # simpo: target reward margin
+    precompute_reference: bool = True  # reference log-probs once before training (cached on disk) vs every step
+    share_prefix: bool = True  # run each pair's prompt once for both answers
+    eval_fraction: float = 0.0  # share of pairs held out for eval_ metrics
 
     def __post_init__(self):
         super().__post_init__()
-        if self.loss_type not in LOSSES:
-            raise ValueError(f"loss_type {self.loss_type!r} is not one of {sorted(LOSSES)}")
+        if isinstance(self.loss_type, str):
+            self.loss_type = [self.loss_type]
+        unknown = [t for t in self.loss_type if t not in LOSSES]
+        if unknown or not self.loss_type:
+            raise ValueError(f"loss_type {unknown or self.loss_type} not in {sorted(LOSSES)}")
+        if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
+            raise ValueError(f"loss_weights has {len(self.loss_weights)} entries for {len(self.loss_type)} loss types")
         if self.beta <= 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+
+    @property
+    def weights(self) -> list[float]:
+        return self.loss_weights or [1.0] * len(self.loss_type)
+
+    @property
+    def needs_reference(self) -> bool:
+        return not set(self.loss_type) <= REFERENCE_FREE
 
 
 @dataclass
 class PairBatch:
-    """Chosen and rejected answers of B pairs stacked as one batch of 2B rows (chosen first)."""
+    batch: Batch  # 2 answers per prompt: rows 2i (chosen) and 2i+1 (rejected)
+    ref: torch.Tensor  # (B, 2) reference log-probs of [chosen, rejected]; zeros when not precomputed
 
-    batch: Batch
-    ref_chosen: torch.Tensor  # (B,)
-    ref_rejected: torch.Tensor  # (B,)
+    def to(self, dev):
+        return PairBatch(to_device(self.batch, dev), self.ref.to(dev))
 
 
 def train_dpo(
     cfg: DPOConfig, model_ref: str, pairs_path: Path, out_dir: Path,
     on_step: Callable[[int, int, dict], None] | None = None,
 ) -> TrainResult:
-    seed_everything(cfg.seed)
+    torch.manual_seed(cfg.seed)
     pairs = [PreferencePair(**r) for r in read_jsonl(pairs_path)]
     if not pairs:
         raise ValueError(f"{pairs_path} holds no preference pairs: collect feedback on more prompts")
     path = resolve_model(model_ref)
-    tokenizer, policy = load_tokenizer(path), load_model(path)
+    tokenizer = load_tokenizer(path)
+    examples = [encode(tokenizer, p.prompt, [p.chosen[0]["content"], p.rejected[0]["content"]], cfg.max_length)
+                for p in pairs]
+    policy = load_model(path).to(device())
+    frozen = None
     if cfg.lora:
         policy = with_lora(policy, cfg)
-        reference = None
-    else:
-        reference = load_model(path).eval().requires_grad_(False)
-    batches = _make_batches(pairs, tokenizer, cfg)
-    _attach_reference_logps(batches, policy, reference)
-    loss_fn = LOSSES[cfg.loss_type]
+    elif cfg.needs_reference:
+        frozen = load_model(path).to(device()).eval().requires_grad_(False)
+    ref_model = frozen if frozen is not None else policy
+
+    ref_logps = torch.zeros(len(examples), 2)
+    reused = False
+    if cfg.needs_reference and cfg.precompute_reference:
+        key = reference_key(model_fingerprint(path), examples)
+        ref_logps, reused = load_or_compute(cache_path(cache_dir(), key), lambda: compute_reference_logps(
+            ref_model, examples, tokenizer.pad_token_id, cfg.batch_size, cfg.share_prefix,
+            disable_adapter=frozen is None))
+        frozen = None  # the copy is no longer needed: free it before training
+    print(f"reference log-probs: {'reused from disk' if reused else 'computed'}", flush=True)
+
+    indexed = list(zip(examples, ref_logps, strict=True))
+    random.Random(cfg.seed).shuffle(indexed)
+    n_eval = round(len(indexed) * cfg.eval_fraction)
+    eval_set, train_set = indexed[:n_eval], indexed[n_eval:]
+    settings = LossSettings(cfg.beta, cfg.label_smoothing, cfg.simpo_gamma)
+
+    def make_batch(items) -> PairBatch:
+        return PairBatch(collate([e for e, _ in items], tokenizer.pad_token_id), torch.stack([r for _, r in items])
+                         ).to(device())
 
     def step_loss(pb: PairBatch):
-        logps, mean_logits = answer_token_logps(policy, pb.batch)
-        summed = logps.sum(-1)
-        n = len(pb.ref_chosen)
-        pc, pr = summed[:n], summed[n:]
-        losses = loss_fn(pc, pr, pb.ref_chosen, pb.ref_rejected, cfg.beta)
-        rc = implicit_rewards(pc, pb.ref_chosen, cfg.beta)
-        rr = implicit_rewards(pr, pb.ref_rejected, cfg.beta)
-        metrics = {
-            "loss": losses.mean().item(),
-            "rewards/chosen": rc.mean().item(),
-            "rewards/rejected": rr.mean().item(),
-            "rewards/accuracies": (rc > rr).float().mean().item(),
-            "rewards/margins": (rc - rr).mean().item(),
-            "logps/chosen": pc.detach().mean().item(),
-            "logps/rejected": pr.detach().mean().item(),
-            "logits/chosen": mean_logits[:n].mean().item(),
-            "logits/rejected": mean_logits[n:].mean().item(),
-        }
-        return losses.mean(), metrics
+        logps, mean_logits = answer_token_logps(policy, pb.batch, cfg.share_prefix)
+        ref = pb.ref
+        if cfg.needs_reference and not cfg.precompute_reference:
+            ref = _reference_now(ref_model, pb.batch, cfg.share_prefix, disable_adapter=cfg.lora)
+        return dpo_step(logps, mean_logits, pb.batch.answer_mask, ref, settings, cfg.loss_type, cfg.weights,
+                        pb.batch.num_tokens)
 
-    metrics = fit(policy, batches, step_loss, cfg, Path(out_dir) / "metrics.jsonl", on_step)
-    metrics["train_pairs"] = len(pairs)
+    metrics = fit(policy, train_set, make_batch, step_loss, cfg, out_dir, on_step, eval_set)
+    metrics |= {"train_pairs": len(train_set), "eval_pairs": len(eval_set), "reference_reused": float(reused)}
     return save_trained(policy, tokenizer, cfg, out_dir, metrics)
 
 
-def _make_batches(pairs: list[PreferencePair], tokenizer, cfg: DPOConfig) -> list[PairBatch]:
-    encoded = []
-    for p in pairs:
-        chosen = encode_pair(tokenizer, p.prompt, p.chosen[0]["content"], cfg.max_length)
-        rejected = encode_pair(tokenizer, p.prompt, p.rejected[0]["content"], cfg.max_length)
-        encoded.append((chosen, rejected))
-    encoded.sort(key=lambda cr: max(len(cr[0][0]) + len(cr[0][1]), len(cr[1][0]) + len(cr[1][1])))
-    batches = []
-    for i in range(0, len(encoded), cfg.batch_size):
-        group = encoded[i : i + cfg.batch_size]
-        rows = [c for c, _ in group] + [r for _, r in group]
-        empty = torch.zeros(len(group))
-        batches.append(PairBatch(collate(rows, tokenizer.pad_token_id), empty, empty))
-    return batches
+def dpo_step(logps, mean_logits, answer_mask, ref, settings: LossSettings, types, weights, num_tokens):
+    """The batch's mean loss and TRL-named metrics from per-token answer log-probs (2B, A)."""
+    summed = logps.sum(-1)
+    lengths = answer_mask.sum(-1)
+    chosen_mask = answer_mask[0::2]
+    s = PairLogps(
+        policy_chosen=summed[0::2], policy_rejected=summed[1::2], ref_chosen=ref[:, 0], ref_rejected=ref[:, 1],
+        chosen_tokens=lengths[0::2], rejected_tokens=lengths[1::2],
+        chosen_nll=-logps[0::2].sum() / chosen_mask.sum(),
+    )
+    loss = combined_loss(s, settings, types, weights).mean()
+    rc = settings.beta * (s.policy_chosen - s.ref_chosen).detach()
+    rr = settings.beta * (s.policy_rejected - s.ref_rejected).detach()
+    metrics = {
+        "loss": loss.item(),
+        "rewards/chosen": rc.mean().item(),
+        "rewards/rejected": rr.mean().item(),
+        "rewards/accuracies": (rc > rr).float().mean().item(),
+        "rewards/margins": (rc - rr).mean().item(),
+        "logps/chosen": s.policy_chosen.detach().mean().item(),
+        "logps/rejected": s.policy_rejected.detach().mean().item(),
+        # token-weighted like TRL: sum of per-position mean logits over the answer tokens
+        "logits/chosen": (mean_logits[0::2].sum() / chosen_mask.sum()).item(),
+        "logits/rejected": (mean_logits[1::2].sum() / answer_mask[1::2].sum()).item(),
+        "num_tokens": float(num_tokens),
+    }
+    return loss, metrics
 
 
 @torch.no_grad()
-def _attach_reference_logps(batches: list[PairBatch], policy, reference) -> None:
-    """Fill each batch's reference log-probs: the frozen copy, or the policy without its adapter."""
-    ctx = policy.disable_adapter() if reference is None else contextlib.nullcontext()
-    model = policy if reference is None else reference
-    was_training = model.training
-    model.eval()
+def _reference_now(ref_model, batch: Batch, share_prefix: bool, disable_adapter: bool) -> torch.Tensor:
+    ctx = ref_model.disable_adapter() if disable_adapter else contextlib.nullcontext()
     with ctx:
-        for pb in batches:
-            logps, _ = answer_token_logps(model, pb.batch)
-            summed = logps.sum(-1)
-            n = len(summed) // 2
-            pb.ref_chosen, pb.ref_rejected = summed[:n], summed[n:]
-    model.train(was_training)
+        logps, _ = answer_token_logps(ref_model, batch, share_prefix)
+    return logps.sum(-1).view(-1, 2)

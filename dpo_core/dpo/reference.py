@@ -1,0 +1,62 @@
+"""Reference log-probabilities, computed once and kept on disk.
+
+The reference never changes during training, so its log-probs over the training pairs are
+computed in one no-grad pass before the first step, and stored under a key made of the reference
+model's fingerprint and the digest of the exact token ids (which covers the data, the chat
+template and the truncation). A later run with the same key, a new beta or loss say, reads them
+back instead of running the reference again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from dpo_core.batching import answer_token_logps, collate, to_device
+from dpo_core.digest import digest_json
+from dpo_core.training import device
+
+Example = tuple[list[int], list[list[int]]]  # (prompt_ids, [chosen_ids, rejected_ids])
+
+
+def reference_key(model_fingerprint: str, examples: Sequence[Example]) -> str:
+    return digest_json(["ref-logps-v1", model_fingerprint, [list(e) for e in examples]])
+
+
+def cache_path(cache_dir: Path, key: str) -> Path:
+    return Path(cache_dir) / "reference-logps" / f"{key}.safetensors"
+
+
+@torch.no_grad()
+def compute_reference_logps(model, examples: Sequence[Example], pad_id: int, batch_size: int,
+                            share_prefix: bool = True, disable_adapter: bool = False) -> torch.Tensor:
+    """(N, 2) summed log-probs of [chosen, rejected] for every example under ``model``, run in
+    eval mode and, for a PEFT model whose adapter stands for the policy, with the adapter off."""
+    was_training = model.training
+    model.eval()
+    ctx = model.disable_adapter() if disable_adapter else contextlib.nullcontext()
+    rows = []
+    with ctx:
+        for start in range(0, len(examples), batch_size):
+            batch = to_device(collate(list(examples[start : start + batch_size]), pad_id), device())
+            logps, _ = answer_token_logps(model, batch, share_prefix)
+            rows.append(logps.sum(-1).view(-1, 2).float().cpu())
+    model.train(was_training)
+    return torch.cat(rows)
+
+
+def load_or_compute(path: Path, compute) -> tuple[torch.Tensor, bool]:
+    """The cached tensor at ``path`` (and True), or ``compute()`` saved there atomically (and False)."""
+    if path.exists():
+        return load_file(path)["logps"], True
+    logps = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    save_file({"logps": logps.contiguous()}, tmp)
+    tmp.replace(path)
+    return logps, False
