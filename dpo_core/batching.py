@@ -1,97 +1,108 @@
 """Batches of prompts with K answers each, and the log-probabilities of the answer tokens.
 
-Layout: prompts left-padded (B, P), answers right-padded (B*K, A) with the K answers of prompt b
-in rows b*K .. b*K+K-1 (K = 1 for SFT, 2 for DPO: chosen then rejected). Prompt and answer meet
-at column P for every row, so the answer positions are the same slice for the whole batch.
+K = 1 for SFT and 2 for DPO (chosen, rejected). Two things make the forward cheap:
 
-Two things make the forward cheap (Wang et al. 2024, "Accelerating Direct Preference
-Optimization with Prefix Sharing"; and the observation that only answer tokens need logits):
-  * prefix sharing: the prompt goes through the model once, its KV cache is repeated for the K
-    answers, and only the answers are run on top of it;
-  * the vocabulary projection is applied to answer positions only, in chunks, under activation
-    checkpointing, so the (rows, length, vocab) logits tensor is never held whole.
+  * prefix sharing (Wang et al. 2024, "Accelerating Direct Preference Optimization with Prefix
+    Sharing"): one row holds ``[prompt, answer_1, ..., answer_K]``; each answer restarts its
+    position ids where the prompt ends and attends to the prompt and to itself only, through a
+    block-causal 4D attention mask, so the prompt is computed once for all K answers with results
+    equal to K separate sequences. Without sharing, each answer gets its own ``[prompt, answer]`` row.
+  * only answer positions reach the vocabulary projection, in chunks under activation
+    checkpointing, so a (rows, length, vocab) logits tensor is never held whole.
+
+Rows are right-padded; padding attends only to itself, so no row is ever fully masked.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
-LOGITS_CHUNK_TOKENS = 1024  # answer tokens per vocabulary-projection chunk: ~200 MB of fp32 logits at 49k vocab
+LOGITS_CHUNK_TOKENS = 512  # answer tokens per vocabulary-projection chunk: ~100 MB of fp32 logits at 49k vocab
 
 
 @dataclass
 class Batch:
-    prompt_ids: torch.Tensor  # (B, P) left-padded
-    prompt_mask: torch.Tensor  # (B, P)
-    answer_ids: torch.Tensor  # (B*K, A) right-padded
-    answer_mask: torch.Tensor  # (B*K, A) True on answer tokens
-
-    @property
-    def answers_per_prompt(self) -> int:
-        return self.answer_ids.shape[0] // self.prompt_ids.shape[0]
+    input_ids: torch.Tensor  # (R, L) packed rows, right-padded
+    position_ids: torch.Tensor  # (R, L) each answer restarts at its prompt's length
+    segment_ids: torch.Tensor  # (R, L) 0 prompt, k = 1..K answer k, -1 padding
+    answer_ids: torch.Tensor  # (N, A) the answers' tokens, N = prompts * K, answer k of prompt b in row b*K + k-1
+    answer_mask: torch.Tensor  # (N, A) True on answer tokens
+    predictor_index: torch.Tensor  # (N, A) flat index into (R * L) of the state that predicts each answer token
 
     @property
     def num_tokens(self) -> int:
-        """Tokens of the K full sequences (prompt + answer) the batch stands for."""
-        k = self.answers_per_prompt
-        return int(self.prompt_mask.sum()) * k + int(self.answer_mask.sum())
+        """Tokens of the N full (prompt + answer) sequences the batch stands for."""
+        repeats = self.answer_ids.shape[0] // self.input_ids.shape[0]  # K when rows share a prompt, else 1
+        return int((self.segment_ids == 0).sum()) * repeats + int(self.answer_mask.sum())
 
 
-def collate(examples: list[tuple[list[int], list[list[int]]]], pad_id: int) -> Batch:
-    """Stack (prompt_ids, [answer_ids, ...]) examples, all with the same number of answers."""
+def collate(examples: list[tuple[list[int], list[list[int]]]], pad_id: int, share_prefix: bool = True) -> Batch:
+    """Pack (prompt_ids, [answer_ids, ...]) examples, all with the same number of answers K."""
     k = len(examples[0][1])
     if any(len(answers) != k for _, answers in examples):
         raise ValueError("every example in a batch needs the same number of answers")
-    width_p = max(len(p) for p, _ in examples)
+    rows = [(p, answers) for p, answers in examples] if share_prefix else \
+        [(p, [a]) for p, answers in examples for a in answers]
+    width = max(len(p) + sum(len(a) for a in answers) for p, answers in rows)
     width_a = max(len(a) for _, answers in examples for a in answers)
-    prompt_ids = torch.full((len(examples), width_p), pad_id, dtype=torch.long)
-    prompt_mask = torch.zeros((len(examples), width_p), dtype=torch.long)
-    answer_ids = torch.full((len(examples) * k, width_a), pad_id, dtype=torch.long)
-    answer_mask = torch.zeros((len(examples) * k, width_a), dtype=torch.bool)
-    for i, (p, answers) in enumerate(examples):
-        prompt_ids[i, width_p - len(p):] = torch.tensor(p)
-        prompt_mask[i, width_p - len(p):] = 1
-        for j, a in enumerate(answers):
-            answer_ids[i * k + j, : len(a)] = torch.tensor(a)
-            answer_mask[i * k + j, : len(a)] = True
-    return Batch(prompt_ids, prompt_mask, answer_ids, answer_mask)
+    n = len(examples) * k
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    segment_ids = torch.full((len(rows), width), -1, dtype=torch.long)
+    answer_ids = torch.full((n, width_a), pad_id, dtype=torch.long)
+    answer_mask = torch.zeros((n, width_a), dtype=torch.bool)
+    predictor = torch.zeros((n, width_a), dtype=torch.long)
+    answer_row = 0
+    for r, (p, answers) in enumerate(rows):
+        input_ids[r, : len(p)] = torch.tensor(p)
+        position_ids[r, : len(p)] = torch.arange(len(p))
+        segment_ids[r, : len(p)] = 0
+        start = len(p)
+        for seg, a in enumerate(answers, 1):
+            input_ids[r, start : start + len(a)] = torch.tensor(a)
+            position_ids[r, start : start + len(a)] = torch.arange(len(p), len(p) + len(a))
+            segment_ids[r, start : start + len(a)] = seg
+            # token 0 of every answer is predicted by the last prompt state; token j by answer token j-1
+            cols = torch.cat([torch.tensor([len(p) - 1]), torch.arange(start, start + len(a) - 1)])
+            predictor[answer_row, : len(a)] = r * width + cols
+            answer_ids[answer_row, : len(a)] = torch.tensor(a)
+            answer_mask[answer_row, : len(a)] = True
+            answer_row += 1
+            start += len(a)
+    return Batch(input_ids, position_ids, segment_ids, answer_ids, answer_mask, predictor)
 
 
-def answer_token_logps(
-    model, batch: Batch, share_prefix: bool = True, chunk_tokens: int = LOGITS_CHUNK_TOKENS
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token log-probs of the answers (B*K, A), zero off the answers, in float32; and the
-    mean logit of every answer position (B*K, A), detached, for TRL's ``logits/*`` metrics."""
+def to_device(batch: Batch, dev: torch.device) -> Batch:
+    return Batch(**{f.name: getattr(batch, f.name).to(dev) for f in fields(batch)})
+
+
+def attention_mask(segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(R, 1, L, L) additive mask: a query sees earlier keys of the prompt and of its own segment."""
+    length = segment_ids.shape[1]
+    idx = torch.arange(length, device=segment_ids.device)
+    causal = idx[None, :] <= idx[:, None]  # (L, L): key <= query
+    q_seg, k_seg = segment_ids[:, :, None], segment_ids[:, None, :]
+    allowed = causal & (k_seg >= 0) & ((k_seg == 0) | (k_seg == q_seg))
+    allowed |= torch.eye(length, dtype=torch.bool, device=segment_ids.device)  # padding sees itself
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=segment_ids.device)
+    return mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+
+
+def answer_token_logps(model, batch: Batch, chunk_tokens: int = LOGITS_CHUNK_TOKENS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs of the answers (N, A), zero off the answers, in float32; and the mean
+    logit of every answer position (N, A), detached, for TRL's ``logits/*`` metrics."""
     decoder, head = _decoder_and_head(model)
-    k = batch.answers_per_prompt
-    prompt_mask = batch.prompt_mask
-    prompt_pos = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
-    prompt_len = prompt_mask.sum(-1)
-    full_mask = torch.cat([prompt_mask.repeat_interleave(k, 0), batch.answer_mask.long()], dim=1)
-    answer_pos = prompt_len.repeat_interleave(k)[:, None] + torch.arange(batch.answer_ids.shape[1])
-
-    if share_prefix and k > 1:
-        prompt_out = decoder(input_ids=batch.prompt_ids, attention_mask=prompt_mask, position_ids=prompt_pos,
-                             use_cache=True)
-        cache = prompt_out.past_key_values
-        cache.batch_repeat_interleave(k)  # (B, ...) -> (B*K, ...), differentiable
-        answer_hidden = decoder(input_ids=batch.answer_ids, attention_mask=full_mask, position_ids=answer_pos,
-                                past_key_values=cache, use_cache=True).last_hidden_state
-        last_prompt = prompt_out.last_hidden_state[:, -1:].repeat_interleave(k, 0)
-    else:
-        width_p = batch.prompt_ids.shape[1]
-        hidden = decoder(
-            input_ids=torch.cat([batch.prompt_ids.repeat_interleave(k, 0), batch.answer_ids], dim=1),
-            attention_mask=full_mask,
-            position_ids=torch.cat([prompt_pos.repeat_interleave(k, 0), answer_pos], dim=1),
-            use_cache=False,
-        ).last_hidden_state
-        last_prompt, answer_hidden = hidden[:, width_p - 1 : width_p], hidden[:, width_p:]
-    # position t predicts token t+1: the last prompt state predicts the first answer token
-    predicting = torch.cat([last_prompt, answer_hidden[:, :-1]], dim=1)  # (B*K, A, H)
+    dtype = next(head.parameters()).dtype
+    hidden = decoder(
+        input_ids=batch.input_ids,
+        attention_mask=attention_mask(batch.segment_ids, dtype),
+        position_ids=batch.position_ids,
+        use_cache=False,
+    ).last_hidden_state  # (R, L, H)
+    predicting = hidden.reshape(-1, hidden.shape[-1])[batch.predictor_index]  # (N, A, H)
     logps, mean_logits = _chunked_logps(head, predicting, batch.answer_ids, chunk_tokens)
     mask = batch.answer_mask
     return logps * mask, mean_logits * mask
@@ -120,7 +131,3 @@ def _chunked_logps(head, hidden, targets, chunk_tokens):
         else:
             parts.append(_projected_logps(head, h, t))
     return torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
-
-
-def to_device(batch: Batch, dev: torch.device) -> Batch:
-    return Batch(*(t.to(dev) for t in (batch.prompt_ids, batch.prompt_mask, batch.answer_ids, batch.answer_mask)))

@@ -18,7 +18,7 @@ from dpo_core.chat import encode
 from dpo_core.data.io import read_jsonl
 from dpo_core.models import load_model, load_tokenizer, resolve_model
 from dpo_core.records import JudgedCandidate, PromptRecord
-from dpo_core.training import TrainConfig, TrainResult, device, fit, save_trained, with_lora
+from dpo_core.training import TrainConfig, TrainResult, device, fit, prepare_for_training, save_trained
 
 
 @dataclass
@@ -48,9 +48,8 @@ def train_sft(
             f"no candidate reached min_score={cfg.min_score}: lower min_score or sample more candidates"
         )
     path = resolve_model(model_ref)
-    tokenizer, model = load_tokenizer(path), load_model(path).to(device())
-    if cfg.lora:
-        model = with_lora(model, cfg)
+    tokenizer = load_tokenizer(path)
+    model = prepare_for_training(load_model(path), cfg)
     encoded = [encode(tokenizer, m, [a], cfg.max_length) for m, a in examples]
 
     def make_batch(items):

@@ -37,7 +37,7 @@ def dpo_task(
         job = {"config": asdict(cfg), "inputs": {"model": policy.model_path, "pairs_path": feedback.pairs_path}}
         with Progress(STAGE, "optimizer steps") as progress:
             result = run_stage_in_child("dpo", job, out, get_run_logger().info, timeout_s, progress.update)
-        log_step_metrics(out / "metrics.jsonl", prefix="train/")
+        log_step_metrics(out / "metrics.jsonl")
         mlflow.log_metric("train_pairs", result["metrics"]["train_pairs"])
         model_uri = log_trained_model(result["model_path"], result["adapter_path"])
         publish(STAGE, run_id, experiment_id(), markdown_table(result["metrics"]) + f"\n\nModel: `{model_uri}`")

@@ -39,7 +39,7 @@ def sft_task(
                                                   "candidates_path": feedback.candidates_path}}
         with Progress(STAGE, "optimizer steps") as progress:
             result = run_stage_in_child("sft", job, out, get_run_logger().info, timeout_s, progress.update)
-        log_step_metrics(out / "metrics.jsonl", prefix="train/")
+        log_step_metrics(out / "metrics.jsonl")
         mlflow.log_metric("train_examples", result["metrics"]["train_examples"])
         model_uri = log_trained_model(result["model_path"], result["adapter_path"])
         publish(STAGE, run_id, experiment_id(), markdown_table(result["metrics"]) + f"\n\nModel: `{model_uri}`")

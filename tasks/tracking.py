@@ -65,8 +65,9 @@ def stage_run(stage: str, parent_run_id: str, params: dict) -> Iterator[str]:
     mlflow.end_run("FINISHED")
 
 
-def log_step_metrics(metrics_path: Path, prefix: str = "") -> None:
-    """Log a trainer's ``metrics.jsonl`` (one line per optimizer step) as MLflow step metrics."""
+def log_step_metrics(metrics_path: Path) -> None:
+    """Log a trainer's ``metrics.jsonl`` (one line per optimizer step) as MLflow step metrics,
+    under TRL's names (``loss``, ``rewards/margins``, ``eval_loss``...) so dashboards carry over."""
     from mlflow.entities import Metric
 
     client = MlflowClient(tracking_uri())
@@ -75,7 +76,7 @@ def log_step_metrics(metrics_path: Path, prefix: str = "") -> None:
     for line in Path(metrics_path).read_text().splitlines():
         row = json.loads(line)
         step = row.pop("step")
-        batch += [Metric(prefix + k, float(v), 0, step) for k, v in row.items()]
+        batch += [Metric(k, float(v), 0, step) for k, v in row.items()]
     for i in range(0, len(batch), 1000):
         client.log_batch(run_id, metrics=batch[i : i + 1000])
 

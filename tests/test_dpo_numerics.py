@@ -12,7 +12,7 @@ from torch.testing import assert_close
 from dpo_core.batching import answer_token_logps, collate
 from dpo_core.dpo.losses import LOSSES, LossSettings, PairLogps, combined_loss
 from dpo_core.models import load_model
-from dpo_core.training import TrainConfig, with_lora
+from dpo_core.training import TrainConfig, prepare_for_training
 
 # One pair, float64:  pc=-10, pr=-14, rc=-11, rr=-12, |c|=4, |r|=8
 #   d       = (pc - rc) - (pr - rr) = 1 - (-2) = 3
@@ -75,9 +75,9 @@ def _naive_logps(model, prompt, answer):
 @pytest.mark.parametrize("chunk_tokens", [1024, 2])
 def test_answer_logps_match_naive_forward(tiny_model, share_prefix, chunk_tokens):
     model = load_model(tiny_model).eval()
-    batch = collate(EXAMPLES, pad_id=0)
+    batch = collate(EXAMPLES, pad_id=0, share_prefix=share_prefix)
     with torch.no_grad():
-        logps, _ = answer_token_logps(model, batch, share_prefix=share_prefix, chunk_tokens=chunk_tokens)
+        logps, _ = answer_token_logps(model, batch, chunk_tokens=chunk_tokens)
         for i, (prompt, answers) in enumerate(EXAMPLES):
             for j, answer in enumerate(answers):
                 row = logps[i * 2 + j]
@@ -86,19 +86,27 @@ def test_answer_logps_match_naive_forward(tiny_model, share_prefix, chunk_tokens
 
 
 @pytest.mark.parametrize("lora", [False, True])
-def test_prefix_sharing_gives_the_same_gradients(tiny_model, lora):
+def test_prefix_sharing_and_checkpointing_give_the_same_gradients(tiny_model, lora):
+    """Shared prefix with gradient checkpointing (the default) against plain rows without it."""
     grads = {}
-    for share in (True, False):
+    for share, ckpt in ((True, True), (False, False)):
         torch.manual_seed(0)
-        model = load_model(tiny_model)
+        model = prepare_for_training(load_model(tiny_model), TrainConfig(lora=lora, lora_r=4, gradient_checkpointing=ckpt))
+        model.train()
         if lora:
-            model = with_lora(model, TrainConfig(lora_r=4))
             for n, p in model.named_parameters():  # move B off zero so every LoRA weight gets a gradient
                 if "lora_B" in n:
                     torch.nn.init.normal_(p, std=0.02)
-        logps, _ = answer_token_logps(model, collate(EXAMPLES, pad_id=0), share_prefix=share)
+        logps, _ = answer_token_logps(model, collate(EXAMPLES, pad_id=0, share_prefix=share))
         (logps.sum(-1) * torch.tensor([1.0, -1.0] * 3)).sum().backward()
         grads[share] = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     assert grads[True].keys() == grads[False].keys() and grads[True]
     for name in grads[True]:
         assert_close(grads[True][name], grads[False][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_num_tokens_counts_full_sequences_either_way():
+    shared, plain = collate(EXAMPLES, 0, share_prefix=True), collate(EXAMPLES, 0, share_prefix=False)
+    expected = sum(len(p) + len(a) for p, answers in EXAMPLES for a in answers)
+    assert shared.num_tokens == plain.num_tokens == expected
+    assert shared.input_ids.numel() < plain.input_ids.numel()

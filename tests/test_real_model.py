@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from dpo_core.batching import answer_token_logps, collate
-from dpo_core.chat import encode_pair
-from dpo_core.dpo.losses import sigmoid
+from dpo_core.chat import encode
+from dpo_core.dpo.losses import LossSettings, PairLogps, sigmoid
 from dpo_core.generation import SamplingConfig, generate
 from dpo_core.models import EMBEDDED_DEFAULT, load_model, load_tokenizer, resolve_model
 
@@ -42,9 +42,10 @@ def test_greedy_answer_is_sensible_and_stops(smol):
 def test_dpo_loss_is_ln2_against_itself(smol):
     model, tok = smol
     chat = [{"role": "user", "content": "Name a colour."}]
-    batch = collate([encode_pair(tok, chat, "Blue.", 256), encode_pair(tok, chat, "I like turtles.", 256)],
-                    tok.pad_token_id)
+    batch = collate([encode(tok, chat, ["Blue.", "I like turtles."], 256)], tok.pad_token_id)
     with torch.no_grad():
         logps = answer_token_logps(model, batch)[0].sum(-1)
-    loss = sigmoid(logps[:1], logps[1:], logps[:1], logps[1:], beta=0.1)
+    pc, pr = logps[:1], logps[1:]
+    s = PairLogps(pc, pr, pc, pr, torch.ones(1), torch.ones(1), torch.tensor(0.0))
+    loss = sigmoid(s, LossSettings(beta=0.1))
     assert loss.item() == pytest.approx(math.log(2), abs=1e-6)

@@ -43,8 +43,8 @@ def compute_reference_logps(model, examples: Sequence[Example], pad_id: int, bat
     rows = []
     with ctx:
         for start in range(0, len(examples), batch_size):
-            batch = to_device(collate(list(examples[start : start + batch_size]), pad_id), device())
-            logps, _ = answer_token_logps(model, batch, share_prefix)
+            batch = to_device(collate(list(examples[start : start + batch_size]), pad_id, share_prefix), device())
+            logps, _ = answer_token_logps(model, batch)
             rows.append(logps.sum(-1).view(-1, 2).float().cpu())
     model.train(was_training)
     return torch.cat(rows)

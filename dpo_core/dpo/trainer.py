@@ -25,7 +25,7 @@ from dpo_core.dpo.losses import LOSSES, REFERENCE_FREE, LossSettings, PairLogps,
 from dpo_core.dpo.reference import cache_path, compute_reference_logps, load_or_compute, reference_key
 from dpo_core.models import cache_dir, load_model, load_tokenizer, model_fingerprint, resolve_model
 from dpo_core.records import PreferencePair
-from dpo_core.training import TrainConfig, TrainResult, device, fit, save_trained, with_lora
+from dpo_core.training import TrainConfig, TrainResult, device, fit, prepare_for_training, save_trained
 
 
 @dataclass
@@ -87,11 +87,9 @@ def train_dpo(
     tokenizer = load_tokenizer(path)
     examples = [encode(tokenizer, p.prompt, [p.chosen[0]["content"], p.rejected[0]["content"]], cfg.max_length)
                 for p in pairs]
-    policy = load_model(path).to(device())
+    policy = prepare_for_training(load_model(path), cfg)
     frozen = None
-    if cfg.lora:
-        policy = with_lora(policy, cfg)
-    elif cfg.needs_reference:
+    if not cfg.lora and cfg.needs_reference:
         frozen = load_model(path).to(device()).eval().requires_grad_(False)
     ref_model = frozen if frozen is not None else policy
 
@@ -112,14 +110,14 @@ def train_dpo(
     settings = LossSettings(cfg.beta, cfg.label_smoothing, cfg.simpo_gamma)
 
     def make_batch(items) -> PairBatch:
-        return PairBatch(collate([e for e, _ in items], tokenizer.pad_token_id), torch.stack([r for _, r in items])
-                         ).to(device())
+        batch = collate([e for e, _ in items], tokenizer.pad_token_id, cfg.share_prefix)
+        return PairBatch(batch, torch.stack([r for _, r in items])).to(device())
 
     def step_loss(pb: PairBatch):
-        logps, mean_logits = answer_token_logps(policy, pb.batch, cfg.share_prefix)
+        logps, mean_logits = answer_token_logps(policy, pb.batch)
         ref = pb.ref
         if cfg.needs_reference and not cfg.precompute_reference:
-            ref = _reference_now(ref_model, pb.batch, cfg.share_prefix, disable_adapter=cfg.lora)
+            ref = _reference_now(ref_model, pb.batch, disable_adapter=cfg.lora)
         return dpo_step(logps, mean_logits, pb.batch.answer_mask, ref, settings, cfg.loss_type, cfg.weights,
                         pb.batch.num_tokens)
 
@@ -158,8 +156,8 @@ def dpo_step(logps, mean_logits, answer_mask, ref, settings: LossSettings, types
 
 
 @torch.no_grad()
-def _reference_now(ref_model, batch: Batch, share_prefix: bool, disable_adapter: bool) -> torch.Tensor:
+def _reference_now(ref_model, batch: Batch, disable_adapter: bool) -> torch.Tensor:
     ctx = ref_model.disable_adapter() if disable_adapter else contextlib.nullcontext()
     with ctx:
-        logps, _ = answer_token_logps(ref_model, batch, share_prefix)
+        logps, _ = answer_token_logps(ref_model, batch)
     return logps.sum(-1).view(-1, 2)
