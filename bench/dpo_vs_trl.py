@@ -5,8 +5,9 @@
 Each side runs in its own child process (so each peak-memory figure is that side's alone) on the
 same ``steps * batch_size`` pairs, one epoch, same learning rate and schedule. Prints one JSON line:
 tokens/s (prompt+chosen and prompt+rejected tokens per second of training), peak resident
-memory, their ratios (ours / TRL), and both per-step losses. Our timing includes everything
-``train_dpo`` does (tokenizing, the reference pass, saving); TRL's covers ``trainer.train()`` only.
+memory, their ratios (ours / TRL), and both per-step losses. Timed on each side: the reference
+pass plus the training loop (ours: ``reference_runtime + train_runtime``; TRL: ``trainer.train()``,
+which runs the reference inside its steps); model loading, tokenization and saving are not timed.
 """
 
 from __future__ import annotations
@@ -47,9 +48,8 @@ def run_ours(args, pairs: Path, out: Path) -> dict:
 
     cfg = DPOConfig(lora=args.lora, learning_rate=args.lr, batch_size=args.batch_size, max_steps=args.steps,
                     warmup_ratio=0.0, scheduler="linear")
-    start = time.perf_counter()
-    train_dpo(cfg, args.model, pairs, out)
-    seconds = time.perf_counter() - start
+    result = train_dpo(cfg, args.model, pairs, out)
+    seconds = result.metrics["reference_runtime"] + result.metrics["train_runtime"]
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return {"seconds": seconds, "tokens": sum(s["num_tokens"] for s in steps), "losses": [s["loss"] for s in steps]}
 

@@ -38,7 +38,8 @@ def run_stage(stage: str, job: dict, out_dir: Path):
     if stage == "dpo":
         return train_dpo(DPOConfig(**cfg), inputs["model"], inputs["pairs_path"], out_dir, _progress)
     if stage == "evaluate":
-        return evaluate(EvalConfig(**cfg), inputs["models"], inputs["eval_path"], out_dir)
+        return evaluate(EvalConfig(**cfg), inputs["models"], inputs["eval_path"], out_dir,
+                        inputs.get("heldout_pairs_path"), inputs.get("dpo_beta", 0.1))
     raise SystemExit(f"unknown stage {stage!r}: one of feedback, sft, dpo, evaluate")
 
 

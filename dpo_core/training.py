@@ -16,6 +16,7 @@ import json
 import math
 import shutil
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -140,6 +141,7 @@ def fit(
     metrics_path = out_dir / "metrics.jsonl"
     _truncate_metrics(metrics_path, step)
     last: dict = {}
+    started = time.perf_counter()
     model.train()
     with metrics_path.open("a") as log:
         while step < total_steps:
@@ -171,7 +173,7 @@ def fit(
                 _save_checkpoint(model, optimizer, scheduler, step, out_dir, cfg.save_total_limit)
             if on_step:
                 on_step(step, total_steps, last)
-    return last
+    return last | {"train_runtime": time.perf_counter() - started}
 
 
 @torch.no_grad()

@@ -9,6 +9,7 @@ from dpo_core.build_dataset import BuildConfig
 from dpo_core.dpo.trainer import DPOConfig
 from dpo_core.evaluate import EvalConfig
 from dpo_core.feedback import FeedbackConfig
+from dpo_core.gate import GateConfig
 from dpo_core.generation import SamplingConfig
 from dpo_core.sft import SFTConfig
 
@@ -16,6 +17,7 @@ CPU_DEMO = {
     "data": BuildConfig(max_train=64, max_eval=80),
     "feedback": FeedbackConfig(sampling=SamplingConfig(num_samples=4, max_new_tokens=128, temperature=0.9, batch_size=8)),
     "sft": SFTConfig(learning_rate=2e-4, epochs=2, batch_size=4, min_score=1.0),
-    "dpo": DPOConfig(learning_rate=3e-4, epochs=2, batch_size=4, beta=0.1),
+    "dpo": DPOConfig(learning_rate=3e-4, epochs=2, batch_size=4, beta=0.1, eval_fraction=0.1),
     "evaluation": EvalConfig(max_new_tokens=128, batch_size=16),
+    "gate": GateConfig(primary_metric="prompt_level_strict", min_improvement=0.0, confidence=0.9),
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 
 import mlflow
@@ -12,6 +13,7 @@ from prefect import get_run_logger, task
 from dpo_core.data.io import read_jsonl
 from dpo_core.digest import code_version
 from dpo_core.evaluate import EvalConfig
+from dpo_core.gate import METRICS
 from dpo_core.models import model_fingerprint, resolve_model
 from tasks.child import run_stage_in_child
 from tasks.code_version import CodeVersion
@@ -21,6 +23,11 @@ from tasks.tracking import experiment_id, stage_run
 
 CODE = (
     "dpo_core.evaluate",
+    "dpo_core.benchmarks.mt_bench",
+    "dpo_core.benchmarks.pairwise",
+    "dpo_core.benchmarks.preference",
+    "dpo_core.benchmarks.stats",
+    "dpo_core.judges.parsing",
     "dpo_core.generation",
     "dpo_core.instructions.checkers",
     "dpo_core.models",
@@ -30,31 +37,38 @@ STAGE = "evaluate"
 
 @task(name=STAGE, cache_policy=STAGE_CACHE + CodeVersion(modules=CODE), persist_result=True, retries=1, retry_delay_seconds=10)
 def evaluate_task(
-    cfg: EvalConfig, base_model: str, sft: ModelRef, dpo: ModelRef, data: DatasetRef,
-    parent_run_id: str, timeout_s: float | None = None,
+    cfg: EvalConfig, base_model: str, sft: ModelRef, dpo: ModelRef, champion: ModelRef | None, data: DatasetRef,
+    dpo_beta: float, parent_run_id: str, timeout_s: float | None = None,
 ) -> EvalReport:
     base_fp = model_fingerprint(resolve_model(base_model))
-    out = output_dir(STAGE, asdict(cfg), base_fp, sft.digest, dpo.digest, data.digest, code_version(*CODE))
+    out = output_dir(STAGE, asdict(cfg), base_fp, sft.digest, dpo.digest, champion and champion.digest, data.digest,
+                     dpo_beta, code_version(*CODE))
     models = {"base": base_model, "sft": sft.model_path, "dpo": dpo.model_path}
-    with stage_run(STAGE, parent_run_id, asdict(cfg) | {"sft_model_uri": sft.model_uri,
-                                                         "dpo_model_uri": dpo.model_uri}) as run_id:
-        job = {"config": asdict(cfg), "inputs": {"models": models, "eval_path": data.eval_path}}
+    if champion is not None:
+        models["champion"] = champion.model_path
+    params = asdict(cfg) | {"sft_model_uri": sft.model_uri, "dpo_model_uri": dpo.model_uri,
+                            "champion_model_uri": champion.model_uri if champion else None}
+    with stage_run(STAGE, parent_run_id, params) as run_id:
+        job = {"config": asdict(cfg), "inputs": {"models": models, "eval_path": data.eval_path,
+                                                  "heldout_pairs_path": dpo.eval_pairs_path, "dpo_beta": dpo_beta}}
         result = run_stage_in_child("evaluate", job, out, get_run_logger().info, timeout_s)
         scores, table = result["scores"], result["head_to_head"]
-        mlflow.log_metrics({f"{label}/{k}": v for label, s in scores.items() for k, v in s.items()})
+        mlflow.log_metrics({f"{label}/{k}": v for label, s in scores.items() for k, v in s.items() if math.isfinite(v)})
         mlflow.log_metrics({f"win_rate/{r['model']}_vs_{r['baseline']}": r["win_rate"] for r in table})
         mlflow.log_table(pd.DataFrame(scores).T.reset_index(names="model"), "scores.json")
         mlflow.log_table(pd.DataFrame(table), "head_to_head.json")
         samples = pd.DataFrame(read_jsonl(result["samples_path"]))
         mlflow.log_table(samples.astype({"passed_strict": str, "passed_loose": str}), "samples.json")
+        if result["judge_outputs_path"]:
+            mlflow.log_table(pd.DataFrame(read_jsonl(result["judge_outputs_path"])).astype(str), "judge_outputs.json")
         mlflow.log_figure(_bar_chart(scores), "scores.png")
         mlflow.log_artifact(result["summary_path"])
         publish(STAGE, run_id, experiment_id(), _markdown(scores, table))
-    return EvalReport(run_id=run_id, scores=scores, head_to_head=table)
+    return EvalReport(run_id=run_id, samples_path=result["samples_path"], scores=scores, head_to_head=table)
 
 
 def _bar_chart(scores: dict):
-    frame = pd.DataFrame(scores)  # rows: metrics, columns: models
+    frame = pd.DataFrame(scores).loc[list(METRICS)]  # rows: the IFEval accuracies, columns: models
     fig = Figure(figsize=(8, 4))
     ax = fig.subplots()
     frame.plot.bar(ax=ax, rot=0, ylim=(0, 1), title="Held-out instruction following")
@@ -64,9 +78,9 @@ def _bar_chart(scores: dict):
 
 
 def _markdown(scores: dict, table: list[dict]) -> str:
-    metrics = list(next(iter(scores.values())))
+    metrics = sorted({k for s in scores.values() for k in s})
     lines = ["| model | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
-    lines += [f"| {m} | " + " | ".join(f"{s[k]:.3f}" for k in metrics) + " |" for m, s in scores.items()]
+    lines += [f"| {m} | " + " | ".join(f"{s[k]:.3f}" if k in s else "" for k in metrics) + " |" for m, s in scores.items()]
     lines += ["", "| model | baseline | wins | ties | losses | win rate |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['baseline']} | {r['wins']} | {r['ties']} | {r['losses']} | {r['win_rate']:.3f} |"
               for r in table]

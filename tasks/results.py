@@ -26,9 +26,19 @@ class ModelRef(BaseModel):
     digest: str
     run_id: str
     model_uri: str  # the MLflow logged model (models:/m-...)
+    eval_pairs_path: str | None = None  # DPO: the preference pairs it held out
 
 
 class EvalReport(BaseModel):
     run_id: str
+    samples_path: str
     scores: dict[str, dict[str, float]]
     head_to_head: list[dict]
+
+
+class PromotionDecision(BaseModel):
+    registered_model: str
+    version: str  # the challenger's model version
+    baseline: str  # "champion" or, before there is one, "base"
+    promoted: bool
+    reasons: list[str]

@@ -20,7 +20,7 @@ from dpo_core.training import TrainConfig, prepare_for_training
 #   chosen NLL per token = 2.5 (given directly below)
 S = PairLogps(*(torch.tensor([v], dtype=torch.float64) for v in (-10.0, -14.0, -11.0, -12.0, 4.0, 8.0)),
               chosen_nll=torch.tensor(2.5, dtype=torch.float64))
-O = LossSettings(beta=0.5, label_smoothing=0.2, simpo_gamma=0.3)
+OPTS = LossSettings(beta=0.5, label_smoothing=0.2, simpo_gamma=0.3)
 
 
 def softplus(x: float) -> float:  # -log sigmoid(-x) = log(1 + e^x)
@@ -43,7 +43,7 @@ EXPECTED = {
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_loss_matches_hand_derivation(name):
-    assert_close(LOSSES[name](S, O), torch.tensor([EXPECTED[name]], dtype=torch.float64))
+    assert_close(LOSSES[name](S, OPTS), torch.tensor([EXPECTED[name]], dtype=torch.float64))
 
 
 def test_every_loss_has_a_hand_derivation():
@@ -51,7 +51,7 @@ def test_every_loss_has_a_hand_derivation():
 
 
 def test_combined_loss_is_the_weighted_sum():
-    got = combined_loss(S, O, ["sigmoid", "sft"], [1.0, 0.2])  # RPO with alpha = 0.2
+    got = combined_loss(S, OPTS, ["sigmoid", "sft"], [1.0, 0.2])  # RPO with alpha = 0.2
     assert_close(got, torch.tensor([EXPECTED["sigmoid"] + 0.2 * 2.5], dtype=torch.float64))
 
 

@@ -14,13 +14,16 @@ from dpo_core.build_dataset import BuildConfig
 from dpo_core.dpo.trainer import DPOConfig
 from dpo_core.evaluate import EvalConfig
 from dpo_core.feedback import FeedbackConfig
+from dpo_core.gate import GateConfig
 from dpo_core.generation import SamplingConfig
 from dpo_core.sft import SFTConfig
+from tasks import registry
 from tasks.settings import tracking_uri
 from tasks.tracking import EXPERIMENT
 
 DATA = Path(__file__).parent / "data"
-STAGES = ["build-dataset", "collect-feedback", "sft", "dpo", "evaluate"]
+MT_BENCH = Path(__file__).parents[1] / "configs" / "mt_bench_sample.jsonl"
+STAGES = ["build-dataset", "collect-feedback", "sft", "dpo", "evaluate", "promote"]
 
 
 def _params(tiny_model: str, **overrides) -> dict:
@@ -29,8 +32,10 @@ def _params(tiny_model: str, **overrides) -> dict:
         "data": BuildConfig(source=str(DATA / "prompts.jsonl"), eval_source=str(DATA / "eval_prompts.jsonl")),
         "feedback": FeedbackConfig(sampling=SamplingConfig(num_samples=4, max_new_tokens=16, temperature=1.0)),
         "sft": SFTConfig(min_score=0.5, epochs=1),
-        "dpo": DPOConfig(epochs=1, beta=0.1),
-        "evaluation": EvalConfig(max_new_tokens=12),
+        "dpo": DPOConfig(epochs=1, beta=0.1, eval_fraction=0.34),
+        "evaluation": EvalConfig(max_new_tokens=12, judge=f"local:{tiny_model}", mt_bench_path=str(MT_BENCH),
+                                 judge_max_new_tokens=8, judge_max_retries=0),
+        "gate": GateConfig(registered_model="tiny-dpo"),
     }
     return params | overrides
 
@@ -54,8 +59,7 @@ def _parent_runs(client: MlflowClient) -> list:
 def first_run(prefect_server, tiny_model):
     from flows.lifecycle import lifecycle
 
-    report = lifecycle(**_params(tiny_model))
-    return report
+    return lifecycle(**_params(tiny_model))
 
 
 def test_full_flow_logs_parent_and_child_runs(first_run):
@@ -89,10 +93,23 @@ def test_full_flow_logs_parent_and_child_runs(first_run):
     assert "pairs.json" in artifacts
 
     evaluation = children["evaluate"][0]
+    metrics = evaluation.data.metrics
     for label in ("base", "sft", "dpo"):
-        assert 0.0 <= evaluation.data.metrics[f"{label}/prompt_level_strict"] <= 1.0
-    assert {"samples.json", "scores.png", "scores.json"} <= {a.path for a in client.list_artifacts(evaluation.info.run_id)}
-    assert set(first_run.scores) == {"base", "sft", "dpo"}
+        assert 0.0 <= metrics[f"{label}/prompt_level_strict"] <= 1.0
+        assert metrics[f"{label}/perplexity"] > 1.0  # on the pairs DPO held out
+        assert metrics[f"{label}/mt_bench_parse_failures"] == 16  # 8 two-turn questions, a tiny judge never rates
+    assert 0.0 <= metrics["dpo/preference_accuracy"] <= 1.0
+    assert metrics["dpo/pairwise_parse_failures_vs_sft"] >= 0
+    assert {"samples.json", "scores.png", "scores.json", "judge_outputs.json"} <= {
+        a.path for a in client.list_artifacts(evaluation.info.run_id)}
+    report, decision = first_run
+    assert set(report.scores) == {"base", "sft", "dpo"}
+    # a random tiny model follows no instruction: nothing to win, so the challenger is refused
+    assert decision.version == "1" and decision.baseline == "base" and not decision.promoted
+    assert str(registry.alias_version("tiny-dpo", registry.CHALLENGER).version) == "1"
+    assert registry.alias_version("tiny-dpo", registry.CHAMPION) is None
+    promote_run = children["promote"][0]
+    assert promote_run.data.tags["decision"] == "refused" and promote_run.data.metrics["promoted"] == 0.0
 
 
 def test_second_run_hits_the_cache_for_every_stage(first_run, tiny_model):
@@ -106,14 +123,19 @@ def test_second_run_hits_the_cache_for_every_stage(first_run, tiny_model):
     assert report == first_run
 
 
-def test_changed_dpo_params_rerun_only_dpo_and_evaluate(first_run, tiny_model):
+def test_changed_dpo_params_rerun_dpo_and_later_against_the_champion(first_run, tiny_model):
     from flows.lifecycle import lifecycle
 
-    report = lifecycle(**_params(tiny_model, dpo=DPOConfig(epochs=1, beta=0.5)))
+    registry.main(["promote", "--model", "tiny-dpo", "--version", "1"])  # a champion, by hand
+    report, decision = lifecycle(**_params(tiny_model, dpo=DPOConfig(epochs=1, beta=0.5)))
     client = MlflowClient(tracking_uri())
     latest = _parent_runs(client)[-1]
-    assert sorted(_child_runs(client, latest.info.run_id)) == ["dpo", "evaluate"]
-    assert report.run_id != first_run.run_id
+    children = _child_runs(client, latest.info.run_id)
+    assert sorted(children) == ["dpo", "evaluate", "promote"]
+    assert report.run_id != first_run[0].run_id
+    assert "champion/prompt_level_strict" in children["evaluate"][0].data.metrics  # the champion was evaluated
+    assert decision.baseline == "champion" and decision.version == "2" and not decision.promoted
+    assert str(registry.alias_version("tiny-dpo", registry.CHAMPION).version) == "1"
 
 
 def test_changed_feedback_params_rerun_feedback_and_later_stages(first_run, tiny_model):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ import torch
 
 from dpo_core.batching import Batch, answer_token_logps, collate, to_device
 from dpo_core.chat import encode
-from dpo_core.data.io import read_jsonl
+from dpo_core.data.io import read_jsonl, write_jsonl
 from dpo_core.dpo.losses import LOSSES, REFERENCE_FREE, LossSettings, PairLogps, combined_loss
 from dpo_core.dpo.reference import cache_path, compute_reference_logps, load_or_compute, reference_key
 from dpo_core.models import cache_dir, load_model, load_tokenizer, model_fingerprint, resolve_model
@@ -94,19 +95,23 @@ def train_dpo(
     ref_model = frozen if frozen is not None else policy
 
     ref_logps = torch.zeros(len(examples), 2)
-    reused = False
+    reused, ref_started = False, time.perf_counter()
     if cfg.needs_reference and cfg.precompute_reference:
         key = reference_key(model_fingerprint(path), examples)
         ref_logps, reused = load_or_compute(cache_path(cache_dir(), key), lambda: compute_reference_logps(
             ref_model, examples, tokenizer.pad_token_id, cfg.batch_size, cfg.share_prefix,
             disable_adapter=frozen is None))
         frozen = None  # the copy is no longer needed: free it before training
-    print(f"reference log-probs: {'reused from disk' if reused else 'computed'}", flush=True)
+    reference_runtime = time.perf_counter() - ref_started
+    print(f"reference log-probs: {'reused from disk' if reused else 'computed'} in {reference_runtime:.1f}s", flush=True)
 
-    indexed = list(zip(examples, ref_logps, strict=True))
-    random.Random(cfg.seed).shuffle(indexed)
-    n_eval = round(len(indexed) * cfg.eval_fraction)
-    eval_set, train_set = indexed[:n_eval], indexed[n_eval:]
+    order = list(range(len(pairs)))
+    random.Random(cfg.seed).shuffle(order)
+    n_eval = round(len(order) * cfg.eval_fraction)
+    eval_set = [(examples[i], ref_logps[i]) for i in order[:n_eval]]
+    train_set = [(examples[i], ref_logps[i]) for i in order[n_eval:]]
+    if eval_set:  # kept for the evaluation stage: held-out preference accuracy and perplexity
+        write_jsonl(Path(out_dir) / "eval_pairs.jsonl", (pairs[i].to_dict() for i in order[:n_eval]))
     settings = LossSettings(cfg.beta, cfg.label_smoothing, cfg.simpo_gamma)
 
     def make_batch(items) -> PairBatch:
@@ -122,7 +127,8 @@ def train_dpo(
                         pb.batch.num_tokens)
 
     metrics = fit(policy, train_set, make_batch, step_loss, cfg, out_dir, on_step, eval_set)
-    metrics |= {"train_pairs": len(train_set), "eval_pairs": len(eval_set), "reference_reused": float(reused)}
+    metrics |= {"train_pairs": len(train_set), "eval_pairs": len(eval_set), "reference_reused": float(reused),
+                "reference_runtime": reference_runtime}
     return save_trained(policy, tokenizer, cfg, out_dir, metrics)
 
 

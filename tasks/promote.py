@@ -1,0 +1,45 @@
+"""Task: register the DPO model as challenger and promote it only if it beats the champion."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import mlflow
+from prefect import task
+
+from dpo_core.data.io import read_jsonl
+from dpo_core.gate import GateConfig, decide
+from dpo_core.records import EvalSample
+from tasks.registry import promote, register_challenger
+from tasks.results import EvalReport, ModelRef, PromotionDecision
+from tasks.stage import STAGE_CACHE, publish
+from tasks.tracking import experiment_id, stage_run
+
+STAGE = "promote"
+
+
+@task(name=STAGE, cache_policy=STAGE_CACHE, persist_result=True)
+def promote_task(gate: GateConfig, dpo: ModelRef, report: EvalReport, parent_run_id: str) -> PromotionDecision:
+    samples: dict[str, list[EvalSample]] = {}
+    for row in read_jsonl(report.samples_path):
+        row.pop("prompt_pass", None)
+        samples.setdefault(row["model"], []).append(EvalSample(**row))
+    baseline = "champion" if "champion" in samples else "base"
+    with stage_run(STAGE, parent_run_id, asdict(gate) | {"baseline": baseline}) as run_id:
+        version = register_challenger(gate.registered_model, dpo.model_uri, dpo.run_id)
+        decision = decide(samples["dpo"], samples[baseline], gate)
+        if decision.promote:
+            promote(gate.registered_model, version, "; ".join(decision.reasons))
+        mlflow.log_metrics({"promoted": float(decision.promote), "bootstrap/mean_diff": decision.bootstrap["mean_diff"],
+                            "bootstrap/ci_low": decision.bootstrap["ci_low"],
+                            "bootstrap/ci_high": decision.bootstrap["ci_high"]})
+        mlflow.set_tags({"registered_model": gate.registered_model, "model_version": version,
+                         "decision": "promoted" if decision.promote else "refused"})
+        mlflow.log_text(json.dumps(asdict(decision), indent=2), "decision.json")
+        verdict = "promoted to **champion**" if decision.promote else "**not promoted**"
+        publish(STAGE, run_id, experiment_id(),
+                f"`{gate.registered_model}` version {version} (challenger) vs {baseline}: {verdict}\n\n"
+                + "\n".join(f"- {r}" for r in decision.reasons))
+    return PromotionDecision(registered_model=gate.registered_model, version=version, baseline=baseline,
+                             promoted=decision.promote, reasons=decision.reasons)
