@@ -101,7 +101,7 @@ def train_dpo(
         ref_logps, reused = load_or_compute(cache_path(cache_dir(), key), lambda: compute_reference_logps(
             ref_model, examples, tokenizer.pad_token_id, cfg.batch_size, cfg.share_prefix,
             disable_adapter=frozen is None))
-        frozen = None  # the copy is no longer needed: free it before training
+        frozen = ref_model = None  # the reference is no longer needed: free a frozen copy before training
     reference_runtime = time.perf_counter() - ref_started
     print(f"reference log-probs: {'reused from disk' if reused else 'computed'} in {reference_runtime:.1f}s", flush=True)
 
