@@ -1,7 +1,8 @@
 """Stage 2, collect AI feedback: sample K answers per prompt, judge them, binarize into pairs.
 
-Binarization follows Zephyr: the highest-scored answer is chosen and a random lower-scored one
-rejected; prompts whose answers all score the same carry no preference and are dropped.
+By default binarization follows Zephyr: the highest-scored answer is chosen and a random
+lower-scored one rejected; prompts whose answers all score the same carry no preference and are
+dropped (see dpo_core.binarize for the other strategies).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from dpo_core.binarize import STRATEGIES, binarize
 from dpo_core.data.io import read_jsonl, write_jsonl
 from dpo_core.digest import digest_files
 from dpo_core.generation import SamplingConfig, generate
@@ -24,10 +26,14 @@ from dpo_core.records import JudgedCandidate, PreferencePair, PromptRecord
 class FeedbackConfig:
     max_prompts: int | None = None  # use at most this many training prompts
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    binarize: str = "best_vs_random"  # or "best_vs_worst", "all_pairs" (see dpo_core.binarize)
+    min_margin: float = 0.0  # a pair's scores must differ by at least this much
 
     def __post_init__(self):
         if isinstance(self.sampling, dict):
             self.sampling = SamplingConfig(**self.sampling)
+        if self.binarize not in STRATEGIES:
+            raise ValueError(f"binarize must be one of {STRATEGIES}, got {self.binarize!r}")
 
 
 @dataclass
@@ -57,33 +63,24 @@ def collect_feedback(
             score, passed = verifiable.judge(g.text, prompt.instructions)
             judged.append(JudgedCandidate(prompt.id, i, model_ref, g.text, g.n_tokens, score, passed))
         candidates += judged
-        pair = binarize(prompt, judged, rng)
-        if pair is not None:
-            pairs.append(pair)
+        pairs += binarize(prompt, judged, cfg.binarize, rng, cfg.min_margin)
 
     cand_path = write_jsonl(out_dir / "candidates.jsonl", (c.to_dict() for c in candidates))
     pairs_path = write_jsonl(out_dir / "pairs.jsonl", (p.to_dict() for p in pairs))
+    _write_trl_formats(pairs, out_dir)
     stats = _stats(prompts, judgeable, candidates, pairs, cfg.sampling.num_samples)
     (out_dir / "stats.json").write_text(json.dumps({"config": asdict(cfg), "stats": stats}, indent=2))
     return FeedbackResult(str(cand_path), str(pairs_path), digest_files([pairs_path, cand_path]), stats)
 
 
-def binarize(prompt: PromptRecord, judged: list[JudgedCandidate], rng: random.Random) -> PreferencePair | None:
-    """Best vs a random lower-scored candidate (Zephyr); None when every candidate ties."""
-    best_score = max(c.score for c in judged)
-    best = rng.choice([c for c in judged if c.score == best_score])
-    lower = [c for c in judged if c.score < best_score]
-    if not lower:
-        return None
-    worse = rng.choice(lower)
-    return PreferencePair(
-        prompt_id=prompt.id,
-        prompt=prompt.messages,
-        chosen=[{"role": "assistant", "content": best.text}],
-        rejected=[{"role": "assistant", "content": worse.text}],
-        score_chosen=best.score,
-        score_rejected=worse.score,
-    )
+def _write_trl_formats(pairs: list[PreferencePair], out_dir: Path) -> None:
+    """The pairs as Parquet and as a saved ``datasets`` folder: TRL's DPOTrainer loads either as is."""
+    import datasets
+
+    dataset = datasets.Dataset.from_list([p.to_dict() for p in pairs]) if pairs else datasets.Dataset.from_dict(
+        {k: [] for k in ("prompt_id", "prompt", "chosen", "rejected", "score_chosen", "score_rejected")})
+    dataset.to_parquet(str(out_dir / "pairs.parquet"))
+    dataset.save_to_disk(str(out_dir / "pairs_dataset"))
 
 
 def _stats(prompts, judgeable, candidates, pairs, k) -> dict:
@@ -93,7 +90,8 @@ def _stats(prompts, judgeable, candidates, pairs, k) -> dict:
         "prompts_without_instructions": len(prompts) - len(judgeable),
         "candidates": len(candidates),
         "pairs": len(pairs),
-        "ties_dropped": len(judgeable) - len(pairs),
+        "prompts_with_pairs": len({p.prompt_id for p in pairs}),
+        "ties_dropped": len(judgeable) - len({p.prompt_id for p in pairs}),
         "mean_candidate_score": sum(c.score for c in candidates) / n,
         "best_of_k_score": sum(
             max(c.score for c in candidates[i : i + k]) for i in range(0, len(candidates), k)

@@ -5,9 +5,13 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import pytest
+from datasets import load_from_disk
+
+from dpo_core.binarize import binarize
 from dpo_core.build_dataset import BuildConfig, build_dataset
 from dpo_core.data.io import read_jsonl
-from dpo_core.feedback import FeedbackConfig, binarize, collect_feedback
+from dpo_core.feedback import FeedbackConfig, collect_feedback
 from dpo_core.generation import SamplingConfig
 from dpo_core.records import JudgedCandidate, PreferencePair, PromptRecord
 
@@ -18,20 +22,37 @@ def _cands(scores):
     return [JudgedCandidate("p1", i, "m", f"answer {i}", 3, s, [s == 1.0]) for i, s in enumerate(scores)]
 
 
+def _texts(pairs):
+    return sorted((p.chosen[0]["content"], p.rejected[0]["content"]) for p in pairs)
+
+
 def test_best_is_chosen_and_rejected_is_lower():
     for seed in range(20):
-        pair = binarize(PROMPT, _cands([0.5, 1.0, 0.0, 0.5]), random.Random(seed))
+        (pair,) = binarize(PROMPT, _cands([0.5, 1.0, 0.0, 0.5]), "best_vs_random", random.Random(seed))
         assert pair.chosen[0]["content"] == "answer 1" and pair.score_chosen == 1.0
         assert pair.score_rejected < 1.0
 
 
 def test_rejected_is_drawn_from_all_lower_candidates():
-    picks = {binarize(PROMPT, _cands([1.0, 0.5, 0.0, 0.5]), random.Random(s)).rejected[0]["content"] for s in range(50)}
+    picks = {binarize(PROMPT, _cands([1.0, 0.5, 0.0, 0.5]), "best_vs_random", random.Random(s))[0].rejected[0]["content"]
+             for s in range(50)}
     assert picks == {"answer 1", "answer 2", "answer 3"}
 
 
-def test_all_tied_gives_no_pair():
-    assert binarize(PROMPT, _cands([0.5, 0.5, 0.5]), random.Random(0)) is None
+def test_best_vs_worst_and_all_pairs():
+    cands = _cands([1.0, 0.5, 0.0, 0.5])
+    assert _texts(binarize(PROMPT, cands, "best_vs_worst", random.Random(0))) == [("answer 0", "answer 2")]
+    everything = binarize(PROMPT, cands, "all_pairs", random.Random(0))
+    assert _texts(everything) == [("answer 0", "answer 1"), ("answer 0", "answer 2"), ("answer 0", "answer 3"),
+                                  ("answer 1", "answer 2"), ("answer 3", "answer 2")]  # the 0.5/0.5 tie is dropped
+    wide = binarize(PROMPT, cands, "all_pairs", random.Random(0), min_margin=0.75)
+    assert _texts(wide) == [("answer 0", "answer 2")]
+
+
+@pytest.mark.parametrize("strategy", ["best_vs_random", "best_vs_worst", "all_pairs"])
+def test_all_tied_or_below_margin_gives_no_pair(strategy):
+    assert binarize(PROMPT, _cands([0.5, 0.5, 0.5]), strategy, random.Random(0)) == []
+    assert binarize(PROMPT, _cands([0.5, 0.6]), strategy, random.Random(0), min_margin=0.5) == []
 
 
 def test_collect_feedback_writes_candidates_and_valid_pairs(tiny_model, tmp_path):
@@ -47,3 +68,6 @@ def test_collect_feedback_writes_candidates_and_valid_pairs(tiny_model, tmp_path
     pairs = [PreferencePair(**p) for p in read_jsonl(result.pairs_path)]  # validates every record
     assert result.stats["pairs"] == len(pairs) > 0
     assert result.stats["pairs"] + result.stats["ties_dropped"] == len(read_jsonl(prompts))
+    trl_ready = load_from_disk(str(tmp_path / "feedback" / "pairs_dataset"))
+    assert trl_ready.num_rows == len(pairs) and trl_ready[0]["chosen"][0]["role"] == "assistant"
+    assert (tmp_path / "feedback" / "pairs.parquet").exists()

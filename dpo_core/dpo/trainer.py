@@ -3,9 +3,10 @@
 Lifecycle: ``setup`` (model, reference, tokenized pairs) -> reference log-probs (once, cached on
 disk) -> ``fit`` (the shared loop: accumulation, schedule, eval, checkpoints, resume) -> save.
 
-Reference modes: with LoRA the reference is the policy with its adapter disabled (one copy of
-the weights); for a full fine-tune a frozen copy. ``precompute_reference`` (default) runs the
-reference once over all pairs and frees the copy before training; otherwise it runs every step.
+Reference modes: ``precompute_reference`` (default) runs the reference once over all pairs
+before training, with the policy itself (identical to the reference at step 0), caching the
+result on disk; otherwise the reference runs every step: the policy with its LoRA adapter
+disabled, or a frozen copy for a full fine-tune.
 """
 
 from __future__ import annotations
@@ -89,19 +90,19 @@ def train_dpo(
     examples = [encode(tokenizer, p.prompt, [p.chosen[0]["content"], p.rejected[0]["content"]], cfg.max_length)
                 for p in pairs]
     policy = prepare_for_training(load_model(path), cfg)
-    frozen = None
-    if not cfg.lora and cfg.needs_reference:
-        frozen = load_model(path).to(device()).eval().requires_grad_(False)
-    ref_model = frozen if frozen is not None else policy
 
+    # Before the first step the policy *is* the reference (a fresh LoRA adapter adds zero), so
+    # precomputed reference log-probs need no second copy of the weights. Only a per-step
+    # reference needs one: the adapter-disabled policy with LoRA, a frozen copy otherwise.
+    ref_model = None
+    if cfg.needs_reference and not cfg.precompute_reference:
+        ref_model = policy if cfg.lora else load_model(path).to(device()).eval().requires_grad_(False)
     ref_logps = torch.zeros(len(examples), 2)
     reused, ref_started = False, time.perf_counter()
     if cfg.needs_reference and cfg.precompute_reference:
         key = reference_key(model_fingerprint(path), examples)
         ref_logps, reused = load_or_compute(cache_path(cache_dir(), key), lambda: compute_reference_logps(
-            ref_model, examples, tokenizer.pad_token_id, cfg.batch_size, cfg.share_prefix,
-            disable_adapter=frozen is None))
-        frozen = ref_model = None  # the reference is no longer needed: free a frozen copy before training
+            policy, examples, tokenizer.pad_token_id, cfg.batch_size, cfg.share_prefix, disable_adapter=cfg.lora))
     reference_runtime = time.perf_counter() - ref_started
     print(f"reference log-probs: {'reused from disk' if reused else 'computed'} in {reference_runtime:.1f}s", flush=True)
 
