@@ -122,12 +122,40 @@ def _projected_logps(head, hidden: torch.Tensor, targets: torch.Tensor) -> tuple
     return logps, logits.mean(-1).detach()
 
 
+class _FrozenHeadLogps(torch.autograd.Function):
+    """Log-probs through a frozen vocabulary projection, with the gradient computed in forward.
+
+    d log p(y|h) / d h = W[y] - softmax(W h) W, so the (tokens, hidden) gradient is formed while
+    the logits exist and only scaled in backward: two vocabulary matmuls instead of the three
+    (forward, recompute, backward) that checkpointing needs. Used with LoRA, where W is frozen.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets):
+        logits = (hidden @ weight.t()).float()  # (n, V)
+        lse = logits.logsumexp(-1, keepdim=True)
+        logps = logits.gather(-1, targets[:, None]).squeeze(-1) - lse.squeeze(-1)
+        probs = (logits - lse).exp_()
+        ctx.save_for_backward((weight[targets].float() - probs @ weight.float()).to(hidden.dtype))
+        return logps, logits.mean(-1)
+
+    @staticmethod
+    def backward(ctx, grad_logps, grad_mean):
+        (grad_hidden,) = ctx.saved_tensors
+        return grad_hidden * grad_logps[:, None].to(grad_hidden.dtype), None, None
+
+
 def _chunked_logps(head, hidden, targets, chunk_tokens):
     step = max(1, chunk_tokens // hidden.shape[0])
+    frozen_head = not head.weight.requires_grad and getattr(head, "bias", None) is None
     parts = []
     for s in range(0, hidden.shape[1], step):
         h, t = hidden[:, s : s + step], targets[:, s : s + step]
-        if torch.is_grad_enabled() and h.requires_grad:
+        if torch.is_grad_enabled() and h.requires_grad and frozen_head:
+            rows, chunk, width = h.shape
+            logps, mean = _FrozenHeadLogps.apply(h.reshape(rows * chunk, width), head.weight, t.reshape(-1))
+            parts.append((logps.view(rows, chunk), mean.detach().view(rows, chunk)))
+        elif torch.is_grad_enabled() and h.requires_grad:
             # recompute this chunk's logits in backward instead of keeping them
             parts.append(checkpoint(_projected_logps, head, h, t, use_reentrant=False))
         else:
