@@ -80,7 +80,7 @@ def evaluate(cfg: EvalConfig, models: dict[str, str], eval_path: Path, out_dir: 
     if "dpo" in pair_logps and "sft" in pair_logps:
         scores["dpo"] |= preference_accuracy(pair_logps["dpo"][0], pair_logps["sft"][0], dpo_beta)
 
-    judge_rows = _judge(cfg, models, samples, questions, mt_answers, scores) if cfg.judge else []
+    judge_rows = _judge(cfg, samples, questions, mt_answers, scores) if cfg.judge else []
     labels = list(models)
     table = [head_to_head(samples[b], samples[a], b, a) for a, b in combinations(labels, 2)]
     samples_path = write_jsonl(out_dir / "samples.jsonl", (s.to_dict() for ss in samples.values() for s in ss))
@@ -91,7 +91,7 @@ def evaluate(cfg: EvalConfig, models: dict[str, str], eval_path: Path, out_dir: 
     return EvalResult(str(samples_path), str(summary_path), scores, table, str(judge_path) if judge_path else None)
 
 
-def _judge(cfg: EvalConfig, models, samples, questions, mt_answers, scores) -> list[dict]:
+def _judge(cfg: EvalConfig, samples, questions, mt_answers, scores) -> list[dict]:
     """MT-Bench grades and pairwise verdicts; adds their summaries to ``scores``."""
     judge = make_backend(cfg.judge)
     rows = []

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dpo_core.gate import METRICS
 from tasks.results import EvalReport, PromotionDecision
 from tasks.settings import home, tracking_uri
 
 
 def print_report(report: EvalReport, decision: PromotionDecision) -> None:
-    metrics = ["prompt_level_strict", "instruction_level_strict", "prompt_level_loose", "instruction_level_loose"]
+    metrics = METRICS
     print("\nHeld-out instruction following (greedy decoding)")
     print(f"{'model':<6}" + "".join(f"{m:>26}" for m in metrics))
     for label, scores in report.scores.items():

@@ -9,14 +9,13 @@ silently.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from dpo_core.data.io import read_jsonl
 from dpo_core.judges.parsing import parse_rating
 
-PROMPT_VERSION = "mt-single-v1"  # part of every cache key and logged with every result
+PROMPT_VERSION = "mt-single-v1"  # logged with every grade; edits to this module re-key the evaluate stage
 
 _SYSTEM = ("You are a strict, fair judge of AI assistant answers. Judge helpfulness, relevance, accuracy, "
            "depth and clarity. Explain your judgement in two or three sentences, then give a rating from 1 "
@@ -105,6 +104,3 @@ def summarize(grades: list[Grade]) -> dict[str, float]:
                 "mt_bench_parse_failure_rate": (len(grades) - len(rated)) / max(len(grades), 1)}
     return failures | ({"mt_bench_score": sum(rated) / len(rated)} if rated else {})
 
-
-def write_grades(path: Path, grades: list[Grade]) -> None:
-    path.write_text("".join(json.dumps(asdict(g) | {"prompt_version": PROMPT_VERSION}) + "\n" for g in grades))

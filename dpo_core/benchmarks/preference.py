@@ -6,26 +6,17 @@ import math
 
 import torch
 
-from dpo_core.batching import answer_token_logps, collate, to_device
 from dpo_core.chat import encode
+from dpo_core.dpo.reference import compute_reference_logps
 from dpo_core.records import PreferencePair
-from dpo_core.training import device
 
 
-@torch.no_grad()
 def summed_logps(model, tokenizer, pairs: list[PreferencePair], max_length: int, batch_size: int):
     """(N, 2) summed log-probs of [chosen, rejected] and (N, 2) answer lengths."""
-    model.eval()
-    logps, lengths = [], []
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start : start + batch_size]
-        examples = [encode(tokenizer, p.prompt, [p.chosen[0]["content"], p.rejected[0]["content"]], max_length)
-                    for p in chunk]
-        batch = to_device(collate(examples, tokenizer.pad_token_id), device())
-        lp, _ = answer_token_logps(model, batch)
-        logps.append(lp.sum(-1).view(-1, 2).cpu())
-        lengths.append(batch.answer_mask.sum(-1).view(-1, 2).cpu())
-    return torch.cat(logps), torch.cat(lengths)
+    examples = [encode(tokenizer, p.prompt, [p.chosen[0]["content"], p.rejected[0]["content"]], max_length)
+                for p in pairs]
+    lengths = torch.tensor([[len(a) for a in answers] for _, answers in examples])
+    return compute_reference_logps(model, examples, tokenizer.pad_token_id, batch_size), lengths
 
 
 def preference_accuracy(policy_logps: torch.Tensor, reference_logps: torch.Tensor, beta: float) -> dict[str, float]:

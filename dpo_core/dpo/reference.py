@@ -33,19 +33,24 @@ def cache_path(cache_dir: Path, key: str) -> Path:
 
 
 @torch.no_grad()
+def pair_logps(model, batch, disable_adapter: bool = False) -> torch.Tensor:
+    """(B, 2) summed log-probs of [chosen, rejected] for one collated batch of pairs, with a PEFT
+    model's adapter off when ``disable_adapter``."""
+    with model.disable_adapter() if disable_adapter else contextlib.nullcontext():
+        logps, _ = answer_token_logps(model, batch)
+    return logps.sum(-1).view(-1, 2)
+
+
+@torch.no_grad()
 def compute_reference_logps(model, examples: Sequence[Example], pad_id: int, batch_size: int,
                             share_prefix: bool = True, disable_adapter: bool = False) -> torch.Tensor:
     """(N, 2) summed log-probs of [chosen, rejected] for every example under ``model``, run in
     eval mode and, for a PEFT model whose adapter stands for the policy, with the adapter off."""
     was_training = model.training
     model.eval()
-    ctx = model.disable_adapter() if disable_adapter else contextlib.nullcontext()
-    rows = []
-    with ctx:
-        for start in range(0, len(examples), batch_size):
-            batch = to_device(collate(list(examples[start : start + batch_size]), pad_id, share_prefix), device())
-            logps, _ = answer_token_logps(model, batch)
-            rows.append(logps.sum(-1).view(-1, 2).float().cpu())
+    rows = [pair_logps(model, to_device(collate(list(examples[s : s + batch_size]), pad_id, share_prefix), device()),
+                       disable_adapter).float().cpu()
+            for s in range(0, len(examples), batch_size)]
     model.train(was_training)
     return torch.cat(rows)
 

@@ -11,7 +11,6 @@ disabled, or a frozen copy for a full fine-tune.
 
 from __future__ import annotations
 
-import contextlib
 import random
 import time
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from dpo_core.batching import Batch, answer_token_logps, collate, to_device
 from dpo_core.chat import encode
 from dpo_core.data.io import read_jsonl, write_jsonl
 from dpo_core.dpo.losses import LOSSES, REFERENCE_FREE, LossSettings, PairLogps, combined_loss
-from dpo_core.dpo.reference import cache_path, compute_reference_logps, load_or_compute, reference_key
+from dpo_core.dpo.reference import cache_path, compute_reference_logps, load_or_compute, pair_logps, reference_key
 from dpo_core.models import cache_dir, load_model, load_tokenizer, model_fingerprint, resolve_model
 from dpo_core.records import PreferencePair
 from dpo_core.training import TrainConfig, TrainResult, device, fit, prepare_for_training, save_trained
@@ -123,7 +122,7 @@ def train_dpo(
         logps, mean_logits = answer_token_logps(policy, pb.batch)
         ref = pb.ref
         if cfg.needs_reference and not cfg.precompute_reference:
-            ref = _reference_now(ref_model, pb.batch, disable_adapter=cfg.lora)
+            ref = pair_logps(ref_model, pb.batch, disable_adapter=cfg.lora)
         return dpo_step(logps, mean_logits, pb.batch.answer_mask, ref, settings, cfg.loss_type, cfg.weights,
                         pb.batch.num_tokens)
 
@@ -161,10 +160,3 @@ def dpo_step(logps, mean_logits, answer_mask, ref, settings: LossSettings, types
     }
     return loss, metrics
 
-
-@torch.no_grad()
-def _reference_now(ref_model, batch: Batch, disable_adapter: bool) -> torch.Tensor:
-    ctx = ref_model.disable_adapter() if disable_adapter else contextlib.nullcontext()
-    with ctx:
-        logps, _ = answer_token_logps(ref_model, batch)
-    return logps.sum(-1).view(-1, 2)
