@@ -1,6 +1,7 @@
 """This project's DPO trainer against TRL's DPOTrainer: same model, pairs, batch size, machine.
 
     python bench/dpo_vs_trl.py --model embedded:smollm2-135m-instruct --steps 8 --batch-size 4 [--lora]
+        [--optimizer-in-backward]
 
 Each side runs in its own child process (so each peak-memory figure is that side's alone) on the
 same ``steps * batch_size`` pairs, one epoch, same learning rate and schedule. Prints one JSON line:
@@ -8,6 +9,8 @@ tokens/s (prompt+chosen and prompt+rejected tokens per second of training), peak
 memory, their ratios (ours / TRL), and both per-step losses. Timed on each side: the reference
 pass plus the training loop (ours: ``reference_runtime + train_runtime``; TRL: ``trainer.train()``,
 which runs the reference inside its steps); model loading, tokenization and saving are not timed.
+``--optimizer-in-backward`` turns on ours' in-backward AdamW, which cannot clip by the global
+norm, so both sides then run without clipping (TRL: ``max_grad_norm=0``).
 """
 
 from __future__ import annotations
@@ -47,7 +50,8 @@ def run_ours(args, pairs: Path, out: Path) -> dict:
     from dpo_core.dpo.trainer import DPOConfig, train_dpo
 
     cfg = DPOConfig(lora=args.lora, learning_rate=args.lr, batch_size=args.batch_size, max_steps=args.steps,
-                    warmup_ratio=0.0, scheduler="linear")
+                    warmup_ratio=0.0, scheduler="linear", optimizer_in_backward=args.optimizer_in_backward,
+                    max_grad_norm=0.0 if args.optimizer_in_backward else 1.0)
     result = train_dpo(cfg, args.model, pairs, out)
     seconds = result.metrics["reference_runtime"] + result.metrics["train_runtime"]
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -67,7 +71,8 @@ def run_trl(args, pairs: Path, out: Path) -> dict:
     rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in read_jsonl(pairs)]
     trl_args = TRLConfig(output_dir=str(out), learning_rate=args.lr, per_device_train_batch_size=args.batch_size,
                          max_steps=args.steps, lr_scheduler_type="linear", warmup_steps=0, logging_steps=1,
-                         report_to=[], use_cpu=True, save_strategy="no", bf16=False, max_length=512, seed=0)
+                         report_to=[], use_cpu=True, save_strategy="no", bf16=False, max_length=512, seed=0,
+                         max_grad_norm=0.0 if args.optimizer_in_backward else 1.0)
     peft = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
                       task_type="CAUSAL_LM") if args.lora else None
     trainer = DPOTrainer(model=load_model(path), args=trl_args, train_dataset=Dataset.from_list(rows),
@@ -94,6 +99,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lora", action="store_true", help="LoRA r=16 on all linear layers (default: full fine-tune)")
     parser.add_argument("--lr", type=float, default=5e-6)
+    parser.add_argument("--optimizer-in-backward", action="store_true",
+                        help="ours: AdamW applied inside backward; both sides: no gradient clipping")
     parser.add_argument("--side", choices=["ours", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -107,6 +114,7 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--side", side, "--workdir", work, "--model", args.model,
                    "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr", str(args.lr)]
             cmd += ["--lora"] if args.lora else []
+            cmd += ["--optimizer-in-backward"] if args.optimizer_in_backward else []
             out = subprocess.run(cmd, capture_output=True, text=True)
             line = next((x for x in out.stdout.splitlines() if x.startswith("@result ")), None)
             if out.returncode != 0 or line is None:
@@ -117,6 +125,7 @@ def main() -> None:
         r["tokens_per_s"] = r["tokens"] / r["seconds"]
     print(json.dumps({
         "model": args.model, "steps": args.steps, "batch_size": args.batch_size, "lora": args.lora,
+        "optimizer_in_backward": args.optimizer_in_backward,
         "ours": {k: ours[k] for k in ("tokens_per_s", "peak_rss_gb", "tokens", "seconds")},
         "trl": {k: trl[k] for k in ("tokens_per_s", "peak_rss_gb", "tokens", "seconds")},
         "speedup_tokens_per_s": ours["tokens_per_s"] / trl["tokens_per_s"],

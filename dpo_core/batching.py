@@ -7,6 +7,10 @@ K = 1 for SFT and 2 for DPO (chosen, rejected). Two things make the forward chea
     position ids where the prompt ends and attends to the prompt and to itself only, through a
     block-causal 4D attention mask, so the prompt is computed once for all K answers with results
     equal to K separate sequences. Without sharing, each answer gets its own ``[prompt, answer]`` row.
+  * no padding in the linear layers: the rows' real tokens are packed into one sequence for
+    the projections and MLPs, and spread back into padded rows only inside attention (the
+    ``packed_sdpa`` attention backend registered below), so the 10-20% of padding a batch of
+    uneven answers carries costs nothing in the matmuls that dominate a step.
   * only answer positions reach the vocabulary projection, in chunks under activation
     checkpointing, so a (rows, length, vocab) logits tensor is never held whole.
 
@@ -18,9 +22,11 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import torch
-from torch.utils.checkpoint import checkpoint
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-LOGITS_CHUNK_TOKENS = 256  # answer tokens per vocabulary-projection chunk: ~50 MB of fp32 logits at 49k vocab
+LOGITS_CHUNK_TOKENS = 128  # answer tokens per vocabulary-projection chunk: 25 MB of fp32 logits at 49k vocab
 
 
 @dataclass
@@ -31,6 +37,8 @@ class Batch:
     answer_ids: torch.Tensor  # (N, A) the answers' tokens, N = prompts * K, answer k of prompt b in row b*K + k-1
     answer_mask: torch.Tensor  # (N, A) True on answer tokens
     predictor_index: torch.Tensor  # (N, A) flat index into (R * L) of the state that predicts each answer token
+    token_slot: torch.Tensor  # (T,) flat index into (R * L) of every real (non-padding) token, in order
+    packed_predictor_index: torch.Tensor  # (N, A) predictor_index as an index into the T packed tokens
 
     @property
     def num_tokens(self) -> int:
@@ -72,7 +80,11 @@ def collate(examples: list[tuple[list[int], list[list[int]]]], pad_id: int, shar
             answer_mask[answer_row, : len(a)] = True
             answer_row += 1
             start += len(a)
-    return Batch(input_ids, position_ids, segment_ids, answer_ids, answer_mask, predictor)
+    token_slot = (segment_ids.view(-1) >= 0).nonzero().squeeze(1)
+    packed_position = torch.zeros(segment_ids.numel(), dtype=torch.long)
+    packed_position[token_slot] = torch.arange(len(token_slot))
+    return Batch(input_ids, position_ids, segment_ids, answer_ids, answer_mask, predictor,
+                 token_slot, packed_position[predictor])
 
 
 def to_device(batch: Batch, dev: torch.device) -> Batch:
@@ -96,16 +108,59 @@ def answer_token_logps(model, batch: Batch, chunk_tokens: int = LOGITS_CHUNK_TOK
     logit of every answer position (N, A), detached, for TRL's ``logits/*`` metrics."""
     decoder, head = _decoder_and_head(model)
     dtype = next(head.parameters()).dtype
-    hidden = decoder(
-        input_ids=batch.input_ids,
-        attention_mask=attention_mask(batch.segment_ids, dtype),
-        position_ids=batch.position_ids,
-        use_cache=False,
-    ).last_hidden_state  # (R, L, H)
-    predicting = hidden.reshape(-1, hidden.shape[-1])[batch.predictor_index]  # (N, A, H)
-    logps, mean_logits = _chunked_logps(head, predicting, batch.answer_ids, chunk_tokens)
-    mask = batch.answer_mask
-    return logps * mask, mean_logits * mask
+    mask = attention_mask(batch.segment_ids, dtype)
+    if _use_packed_attention(decoder):
+        hidden = decoder(
+            input_ids=batch.input_ids.view(-1)[batch.token_slot][None],
+            attention_mask=mask,
+            position_ids=batch.position_ids.view(-1)[batch.token_slot][None],
+            use_cache=False,
+            token_slot=batch.token_slot,
+        ).last_hidden_state[0]  # (T, H)
+        predictor = batch.packed_predictor_index
+    else:
+        hidden = decoder(input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids,
+                         use_cache=False).last_hidden_state  # (R, L, H)
+        predictor = batch.predictor_index
+    on_answer = batch.answer_mask
+    states = hidden.reshape(-1, hidden.shape[-1])[predictor[on_answer]]  # (n, H): answer tokens only
+    logps, mean_logits = _chunked_logps(head, states, batch.answer_ids[on_answer], chunk_tokens)
+    return (torch.zeros(on_answer.shape, dtype=logps.dtype, device=logps.device).masked_scatter(on_answer, logps),
+            torch.zeros(on_answer.shape, dtype=logps.dtype, device=logps.device).masked_scatter(on_answer, mean_logits))
+
+
+PACKED_ATTENTION = "packed_sdpa"
+
+
+def _packed_sdpa(module, query, key, value, attention_mask, token_slot=None, **kwargs):
+    """PyTorch SDPA over packed tokens: queries, keys and values (1, heads, T, dim) are spread into
+    the batch's padded rows (R, heads, L, dim) for attention under the (R, 1, L, L) mask, and the
+    output is gathered back to (1, T, heads, dim). Without ``token_slot`` it is plain SDPA, so a
+    model switched to this backend generates and evaluates as before."""
+    if token_slot is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    rows, _, length, _ = attention_mask.shape
+
+    def spread(x):
+        heads, dim = x.shape[1], x.shape[3]
+        full = x.new_zeros(heads, rows * length, dim).index_copy(1, token_slot, x[0])
+        return full.view(heads, rows, length, dim).transpose(0, 1)
+
+    out, _ = sdpa_attention_forward(module, spread(query), spread(key), spread(value), attention_mask, **kwargs)
+    return out.reshape(rows * length, *out.shape[2:])[token_slot][None], None  # out was (R, L, heads, dim)
+
+
+AttentionInterface.register(PACKED_ATTENTION, _packed_sdpa)
+AttentionMaskInterface.register(PACKED_ATTENTION, sdpa_mask)
+
+
+def _use_packed_attention(decoder) -> bool:
+    """Switch a decoder on SDPA to the packed backend (same results, plain SDPA when unpacked);
+    models on other backends (eager, flash-attention) keep padded rows."""
+    config = decoder.config
+    if config._attn_implementation == "sdpa" and getattr(decoder, "_supports_attention_backend", False):
+        decoder.set_attn_implementation(PACKED_ATTENTION)
+    return config._attn_implementation == PACKED_ATTENTION
 
 
 def _decoder_and_head(model):
@@ -114,50 +169,66 @@ def _decoder_and_head(model):
     return base.get_decoder(), base.get_output_embeddings()
 
 
-def _projected_logps(head, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    rows, chunk, width = hidden.shape
-    # 2-D input: a strided 3-D slice would send the projection through a slow batched matmul
-    logits = head(hidden.reshape(rows * chunk, width)).float().view(rows, chunk, -1)  # (rows, chunk, V)
-    logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
-    return logps, logits.mean(-1).detach()
+class _HeadLogps(torch.autograd.Function):
+    """Log-probs of ``targets`` (n,) from final hidden states (n, H) through the vocabulary
+    projection ``weight`` (V, H), a chunk of tokens at a time; also each position's mean logit.
 
-
-class _FrozenHeadLogps(torch.autograd.Function):
-    """Log-probs through a frozen vocabulary projection, with the gradient computed in forward.
-
-    d log p(y|h) / d h = W[y] - softmax(W h) W, so the (tokens, hidden) gradient is formed while
-    the logits exist and only scaled in backward: two vocabulary matmuls instead of the three
-    (forward, recompute, backward) that checkpointing needs. Used with LoRA, where W is frozen.
+    d log p(y|h) / dh = W[y] - softmax(Wh) W and d log p(y|h) / dW = (onehot(y) - softmax(Wh)) h^T.
+    A frozen W (LoRA): the (n, H) input gradient is formed in forward while the logits exist and
+    only scaled in backward, two vocabulary matmuls in all. A trained W: forward keeps the
+    log-sum-exp per token only; backward recomputes each chunk's logits once, turns them into the
+    gradient in place and adds into one weight-sized buffer, four matmuls with a single (chunk, V)
+    block and a single weight gradient alive, where autograd's checkpointing holds several of each.
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets):
-        logits = (hidden @ weight.t()).float()  # (n, V)
-        lse = logits.logsumexp(-1, keepdim=True)
-        logps = logits.gather(-1, targets[:, None]).squeeze(-1) - lse.squeeze(-1)
-        probs = (logits - lse).exp_()
-        ctx.save_for_backward((weight[targets].float() - probs @ weight.float()).to(hidden.dtype))
-        return logps, logits.mean(-1)
+    def forward(ctx, hidden, weight, targets, chunk: int):
+        train_weight = ctx.needs_input_grad[1]
+        logps, means, kept = [], [], []
+        for s in range(0, hidden.shape[0], chunk):
+            logits, lse, chunk_logps = _project(hidden[s : s + chunk], weight, targets[s : s + chunk])
+            logps.append(chunk_logps)
+            means.append(logits.mean(-1))
+            if train_weight:
+                kept.append(lse.squeeze(-1))
+            else:
+                probs = logits.sub_(lse).exp_()
+                kept.append((weight[targets[s : s + chunk]].float() - probs @ weight.float()).to(hidden.dtype))
+        ctx.chunk, ctx.train_weight = chunk, train_weight
+        ctx.save_for_backward(hidden, weight, targets, torch.cat(kept))
+        return torch.cat(logps), torch.cat(means)
 
     @staticmethod
-    def backward(ctx, grad_logps, grad_mean):
-        (grad_hidden,) = ctx.saved_tensors
-        return grad_hidden * grad_logps[:, None].to(grad_hidden.dtype), None, None
+    def backward(ctx, grad_logps, grad_means):  # the mean logits are metrics: no gradient flows from them
+        hidden, weight, targets, kept = ctx.saved_tensors
+        if not ctx.train_weight:
+            return kept * grad_logps[:, None].to(kept.dtype), None, None, None
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros_like(weight)
+        for s in range(0, hidden.shape[0], ctx.chunk):
+            h, y, g = hidden[s : s + ctx.chunk], targets[s : s + ctx.chunk], grad_logps[s : s + ctx.chunk]
+            grad_logits = (h @ weight.t()).float().sub_(kept[s : s + ctx.chunk, None]).exp_()  # softmax
+            grad_logits[torch.arange(len(y), device=y.device), y] -= 1.0  # softmax - onehot
+            grad_logits = grad_logits.mul_(-g[:, None]).to(weight.dtype)  # g * (onehot - softmax)
+            grad_hidden[s : s + ctx.chunk] = grad_logits @ weight
+            grad_weight.addmm_(grad_logits.t(), h)
+        return grad_hidden, grad_weight, None, None
 
 
-def _chunked_logps(head, hidden, targets, chunk_tokens):
-    step = max(1, chunk_tokens // hidden.shape[0])
-    frozen_head = not head.weight.requires_grad and getattr(head, "bias", None) is None
-    parts = []
-    for s in range(0, hidden.shape[1], step):
-        h, t = hidden[:, s : s + step], targets[:, s : s + step]
-        if torch.is_grad_enabled() and h.requires_grad and frozen_head:
-            rows, chunk, width = h.shape
-            logps, mean = _FrozenHeadLogps.apply(h.reshape(rows * chunk, width), head.weight, t.reshape(-1))
-            parts.append((logps.view(rows, chunk), mean.detach().view(rows, chunk)))
-        elif torch.is_grad_enabled() and h.requires_grad:
-            # recompute this chunk's logits in backward instead of keeping them
-            parts.append(checkpoint(_projected_logps, head, h, t, use_reentrant=False))
-        else:
-            parts.append(_projected_logps(head, h, t))
-    return torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
+def _chunked_logps(head, states, targets, chunk_tokens):
+    """(n, H) states -> (n,) log-probs of ``targets`` and (n,) mean logits, chunk_tokens at a time."""
+    if getattr(head, "bias", None) is not None:
+        raise ValueError("vocabulary projections with a bias are not supported")
+    if torch.is_grad_enabled() and states.requires_grad:
+        logps, means = _HeadLogps.apply(states, head.weight, targets, chunk_tokens)
+        return logps, means.detach()
+    parts = [_project(states[s : s + chunk_tokens], head.weight, targets[s : s + chunk_tokens])
+             for s in range(0, len(states), chunk_tokens)]
+    return torch.cat([p[2] for p in parts]), torch.cat([p[0].mean(-1) for p in parts])
+
+
+def _project(hidden, weight, targets):
+    """Logits (n, V) in float32, their log-sum-exp (n, 1), and the log-probs of ``targets`` (n,)."""
+    logits = (hidden @ weight.t()).float()
+    lse = logits.logsumexp(-1, keepdim=True)
+    return logits, lse, logits.gather(-1, targets[:, None]).squeeze(-1) - lse.squeeze(-1)

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from transformers import get_scheduler
 
 from dpo_core.digest import digest_files
+from dpo_core.optim import make_optimizer
 
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c")) if sys.platform == "linux" else None
 
@@ -43,7 +44,8 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimizer step
     warmup_ratio: float = 0.1  # share of optimizer steps spent warming up
     scheduler: str = "cosine"  # "cosine" or "linear" decay after warm-up
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = 1.0  # clip the global gradient norm to this (0: no clipping)
+    optimizer_in_backward: bool = False  # step each parameter in backward, no whole gradient held (max_grad_norm=0)
     max_length: int = 512  # prompt + answer tokens
     gradient_checkpointing: bool = True  # recompute layer activations in backward (as TRL does by default)
     precision: str = "auto"  # "auto" (bf16 autocast on a GPU that has it, else fp32), "fp32" or "bf16"
@@ -61,6 +63,9 @@ class TrainConfig:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.precision not in {"auto", "fp32", "bf16"}:
             raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}")
+        if self.optimizer_in_backward and (self.max_grad_norm or self.grad_accum > 1):
+            raise ValueError("optimizer_in_backward updates each parameter as soon as its gradient is ready, so it "
+                             "cannot clip by the global norm or accumulate: set max_grad_norm=0 and grad_accum=1")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1 or None, got {self.max_steps}")
 
@@ -131,12 +136,11 @@ def fit(
     """
     out_dir = Path(out_dir)
     params = [p for p in model.parameters() if p.requires_grad]
-    # fused: one kernel per step, no temporary copies of every parameter (foreach makes several)
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0, fused=True)
+    optimizer = make_optimizer(params, cfg.learning_rate, cfg.max_grad_norm, cfg.optimizer_in_backward)
     group = cfg.batch_size * cfg.grad_accum
     steps_per_epoch = math.ceil(len(examples) / group)
     total_steps = min(steps_per_epoch * cfg.epochs, cfg.max_steps or math.inf)
-    scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=round(cfg.warmup_ratio * total_steps),
+    scheduler = get_scheduler(cfg.scheduler, optimizer.lead, num_warmup_steps=round(cfg.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
     step = _resume(model, optimizer, scheduler, out_dir)
     metrics_path = out_dir / "metrics.jsonl"
@@ -144,7 +148,7 @@ def fit(
     last: dict = {}
     started = time.perf_counter()
     model.train()
-    with metrics_path.open("a") as log:
+    with metrics_path.open("a") as log, contextlib.closing(optimizer):
         while step < total_steps:
             epoch, index = divmod(step, steps_per_epoch)
             order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed + epoch)).tolist()
@@ -158,14 +162,12 @@ def fit(
                 (loss * weight).backward()
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + v * weight
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             lr = scheduler.get_last_lr()[0]
-            optimizer.step()
+            grad_norm = optimizer.step()
             scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
             release_freed_memory()
             step += 1
-            last = sums | {"grad_norm": float(grad_norm), "learning_rate": lr, "epoch": step / steps_per_epoch}
+            last = sums | {"grad_norm": grad_norm, "learning_rate": lr, "epoch": step / steps_per_epoch}
             if eval_examples and ((cfg.eval_steps and step % cfg.eval_steps == 0) or step == total_steps):
                 last |= evaluate_loss(model, eval_examples, make_batch, step_loss, cfg)
             log.write(json.dumps({"step": step} | last) + "\n")

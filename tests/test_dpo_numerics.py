@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from dpo_core.batching import answer_token_logps, collate
+from dpo_core.batching import PACKED_ATTENTION, answer_token_logps, collate
 from dpo_core.dpo.losses import LOSSES, LossSettings, PairLogps, combined_loss
 from dpo_core.models import load_model
 from dpo_core.training import TrainConfig, prepare_for_training
@@ -112,13 +112,15 @@ def test_num_tokens_counts_full_sequences_either_way():
     assert shared.input_ids.numel() < plain.input_ids.numel()
 
 
-def test_frozen_head_gradient_matches_autograd(tiny_model):
-    """With LoRA the vocabulary projection is frozen and its gradient is formed in forward; it must
-    equal plain autograd through full logits."""
+@pytest.mark.parametrize("lora", [True, False])
+def test_vocabulary_projection_gradient_matches_autograd(tiny_model, lora):
+    """The chunked projection's hand-written backward (the input gradient formed in forward when the
+    projection is frozen, as with LoRA; recomputed logits when it trains, as in full fine-tuning,
+    where it is tied to the embedding) must equal plain autograd through full logits."""
     grads = []
     for fused in (True, False):
         torch.manual_seed(0)
-        model = prepare_for_training(load_model(tiny_model), TrainConfig(lora=True, lora_r=4, gradient_checkpointing=False))
+        model = prepare_for_training(load_model(tiny_model), TrainConfig(lora=lora, lora_r=4, gradient_checkpointing=False))
         model.train()
         for n, p in model.named_parameters():
             if "lora_B" in n:
@@ -126,7 +128,7 @@ def test_frozen_head_gradient_matches_autograd(tiny_model):
         batch = collate(EXAMPLES, pad_id=0)
         weights = torch.tensor([1.0, -1.0] * 3)
         if fused:
-            logps, _ = answer_token_logps(model, batch)
+            logps, _ = answer_token_logps(model, batch, chunk_tokens=3)
             (logps.sum(-1) * weights).sum().backward()
         else:
             total = 0.0
@@ -135,5 +137,27 @@ def test_frozen_head_gradient_matches_autograd(tiny_model):
                     total = total + weights[2 * i + j] * _naive_logps(model, prompt, answer).sum()
             total.backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys() and ("model.embed_tokens.weight" in grads[0]) == (not lora)  # tied to lm_head
     for name in grads[0]:
         assert_close(grads[0][name], grads[1][name].float(), rtol=1e-3, atol=1e-5, msg=name)  # fp32 vs fp64 softmax
+
+
+def test_packed_tokens_match_padded_rows(tiny_model):
+    """Padding-free packing (the packed SDPA backend) gives the log-probs and gradients of padded
+    rows (the eager backend keeps rows padded)."""
+    results = []
+    for backend in ("sdpa", "eager"):
+        model = load_model(tiny_model)
+        model.set_attn_implementation(backend)
+        model.train()
+        batch = collate(EXAMPLES, pad_id=0)
+        assert batch.token_slot.numel() < batch.input_ids.numel()  # the batch does carry padding
+        logps, _ = answer_token_logps(model, batch)
+        (logps.sum(-1) * torch.tensor([1.0, -1.0] * 3)).sum().backward()
+        results.append((model.config._attn_implementation, logps.detach(),
+                        {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (packed, packed_logps, packed_grads), (padded, padded_logps, padded_grads) = results
+    assert (packed, padded) == (PACKED_ATTENTION, "eager")
+    assert_close(packed_logps, padded_logps, rtol=1e-5, atol=1e-5)
+    for name, grad in packed_grads.items():
+        assert_close(grad, padded_grads[name], rtol=1e-4, atol=1e-6, msg=name)

@@ -76,14 +76,35 @@ def test_grad_accumulation_equals_a_larger_batch(tiny_model, pairs_path, tmp_pat
     assert _metrics(tmp_path / "big")[1]["loss"] == pytest.approx(_metrics(tmp_path / "acc")[1]["loss"], abs=1e-5)
 
 
+@pytest.mark.parametrize("lora", [False, True])
+def test_optimizer_in_backward_equals_a_step_after_backward(tiny_model, pairs_path, tmp_path, monkeypatch, lora):
+    monkeypatch.setenv("DPO_CACHE_DIR", str(tmp_path / "cache"))
+    common = dict(lora=lora, learning_rate=1e-3, max_steps=3, batch_size=2, warmup_ratio=0.0, max_grad_norm=0.0)
+    after = train_dpo(DPOConfig(**common), tiny_model, pairs_path, tmp_path / "after")
+    inside = train_dpo(DPOConfig(optimizer_in_backward=True, **common), tiny_model, pairs_path, tmp_path / "inside")
+    for name, weight in load_file(Path(after.model_path) / "model.safetensors").items():
+        assert_close(load_file(Path(inside.model_path) / "model.safetensors")[name], weight, rtol=1e-5, atol=1e-6)
+    for a, b in zip(_metrics(tmp_path / "after"), _metrics(tmp_path / "inside"), strict=True):
+        assert a["grad_norm"] > 0 and b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-6)
+
+
+def test_optimizer_in_backward_refuses_clipping_and_accumulation():
+    with pytest.raises(ValueError, match="max_grad_norm=0"):
+        DPOConfig(optimizer_in_backward=True)
+    with pytest.raises(ValueError, match="grad_accum=1"):
+        DPOConfig(optimizer_in_backward=True, max_grad_norm=0.0, grad_accum=2)
+
+
 class Crash(Exception):
     pass
 
 
-@pytest.mark.parametrize("lora", [True, False])
-def test_resume_after_a_crash_gives_the_same_weights(tiny_model, pairs_path, tmp_path, monkeypatch, lora):
+@pytest.mark.parametrize(("lora", "in_backward"), [(True, False), (False, False), (False, True)])
+def test_resume_after_a_crash_gives_the_same_weights(tiny_model, pairs_path, tmp_path, monkeypatch, lora, in_backward):
     monkeypatch.setenv("DPO_CACHE_DIR", str(tmp_path / "cache"))
-    cfg = DPOConfig(lora=lora, learning_rate=5e-3, epochs=3, batch_size=2, save_steps=2, warmup_ratio=0.25)
+    cfg = DPOConfig(lora=lora, learning_rate=5e-3, epochs=3, batch_size=2, save_steps=2, warmup_ratio=0.25,
+                    optimizer_in_backward=in_backward, max_grad_norm=0.0 if in_backward else 1.0)
     straight = train_dpo(cfg, tiny_model, pairs_path, tmp_path / "straight")
 
     def crash_at_5(step, total, metrics):
