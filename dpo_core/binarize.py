@@ -45,4 +45,9 @@ def _pair(prompt: PromptRecord, chosen: JudgedCandidate, rejected: JudgedCandida
         rejected=[{"role": "assistant", "content": rejected.text}],
         score_chosen=chosen.score,
         score_rejected=rejected.score,
+        chosen_model=chosen.model,
+        rejected_model=rejected.model,
+        chosen_rationale=chosen.details.get("rationale", ""),
+        rejected_rationale=rejected.details.get("rationale", ""),
+        judge=chosen.judge,
     )

@@ -56,11 +56,13 @@ class JudgedCandidate:
 
     prompt_id: str
     index: int
-    model: str
+    model: str  # the generator that wrote it
     text: str
     n_tokens: int
     score: float
-    passed: list[bool]
+    passed: list[bool] = field(default_factory=list)  # per instruction, from the verifiable judge
+    details: dict = field(default_factory=dict)  # the judge's ratings, rationale or raw reward
+    judge: str = ""  # judge name and prompt version
 
     def __post_init__(self):
         if not 0.0 <= self.score <= 1.0:
@@ -80,6 +82,11 @@ class PreferencePair:
     rejected: list[Message]
     score_chosen: float
     score_rejected: float
+    chosen_model: str = ""
+    rejected_model: str = ""
+    chosen_rationale: str = ""
+    rejected_rationale: str = ""
+    judge: str = ""  # judge name and prompt version
 
     def __post_init__(self):
         validate_messages(self.prompt, f"pair {self.prompt_id}")

@@ -39,16 +39,18 @@ def lifecycle(
     evaluation: EvalConfig = CPU_DEMO["evaluation"],
     gate: GateConfig = CPU_DEMO["gate"],
     stage_timeout_s: float | None = None,
+    api_key_secret: str | None = None,
 ) -> tuple[EvalReport, PromotionDecision]:
     """Build dataset -> collect feedback -> SFT -> DPO -> evaluate (with the registry's champion,
     if any) -> promote the DPO model only if it wins. ``model``: the base model, a local folder or
-    hub id (default: the embedded SmolLM2-135M-Instruct)."""
+    hub id (default: the embedded SmolLM2-135M-Instruct). ``api_key_secret``: the name of a Prefect
+    Secret block with the API key of the feedback stage's OpenAI-compatible endpoints."""
     params = {"model": model, "data": asdict(data), "feedback": asdict(feedback), "sft": asdict(sft),
               "dpo": asdict(dpo), "evaluation": asdict(evaluation), "gate": asdict(gate)}
     parent = open_parent_run(str(flow_run.get_id()), flow_run.get_name() or "lifecycle", params)
     try:
         dataset = build_dataset_task(data, source_digest(data), parent)
-        pairs = collect_feedback_task(feedback, model, dataset, parent, stage_timeout_s)
+        pairs = collect_feedback_task(feedback, model, dataset, parent, stage_timeout_s, api_key_secret)
         sft_model = sft_task(sft, model, dataset, pairs, parent, stage_timeout_s)
         dpo_model = dpo_task(dpo, sft_model, pairs, parent, stage_timeout_s)
         champion = fetch_champion_task(gate.registered_model)

@@ -28,8 +28,10 @@ def run_stage_in_child(
     log: Callable[[str], None],
     timeout_s: float | None = None,
     on_progress: Callable[[dict], None] | None = None,
+    secret_env: dict[str, str] | None = None,
 ) -> dict:
-    """Run ``python -m dpo_core STAGE`` and return its ``result.json``."""
+    """Run ``python -m dpo_core STAGE`` and return its ``result.json``. ``secret_env`` (API keys)
+    reaches the child through its environment only: never the job file, the log or MLflow."""
     out_dir.mkdir(parents=True, exist_ok=True)
     job_path = out_dir / "job.json"
     job_path.write_text(json.dumps(job, indent=2))
@@ -37,6 +39,7 @@ def run_stage_in_child(
         [sys.executable, "-m", "dpo_core", stage, str(job_path), str(out_dir)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
         start_new_session=True,  # its own process group: killpg reaches every grandchild too
+        env=os.environ | secret_env if secret_env else None,
     )
     relay = threading.Thread(target=_relay, args=(proc, log, on_progress), daemon=True)
     relay.start()

@@ -22,6 +22,15 @@ from tasks.tracking import experiment_id, stage_run
 CODE = (
     "dpo_core.feedback",
     "dpo_core.generation",
+    "dpo_core.generators",
+    "dpo_core.openai_client",
+    "dpo_core.item_cache",
+    "dpo_core.binarize",
+    "dpo_core.judges.backends",
+    "dpo_core.judges.asking",
+    "dpo_core.judges.rubric",
+    "dpo_core.judges.pairwise",
+    "dpo_core.judges.reward_model",
     "dpo_core.judges.verifiable",
     "dpo_core.instructions.checkers",
     "dpo_core.chat",
@@ -34,16 +43,22 @@ STAGE = "collect-feedback"
 @task(name=STAGE, cache_policy=STAGE_CACHE + CodeVersion(modules=CODE), persist_result=True, retries=1, retry_delay_seconds=10)
 def collect_feedback_task(
     cfg: FeedbackConfig, model: str, data: DatasetRef, parent_run_id: str,
-    timeout_s: float | None = None,
+    timeout_s: float | None = None, api_key_secret: str | None = None,
 ) -> FeedbackRef:
+    """``api_key_secret``: a Prefect Secret block holding the endpoint's API key; it reaches the
+    stage as the ``cfg.client.api_key_env`` variable (else that variable is read as set)."""
     fingerprint = model_fingerprint(resolve_model(model))
     out = output_dir(STAGE, asdict(cfg), fingerprint, data.digest, code_version(*CODE))
     params = asdict(cfg) | {"model": model, "model_fingerprint": fingerprint}
     with stage_run(STAGE, parent_run_id, params) as run_id:
         job = {"config": asdict(cfg), "inputs": {"model": model, "prompts_path": data.train_path}}
         with Progress(STAGE, "prompts") as progress:
-            result = run_stage_in_child("feedback", job, out, get_run_logger().info, timeout_s, progress.update)
+            result = run_stage_in_child("feedback", job, out, get_run_logger().info, timeout_s, progress.update,
+                                        _secret_env(cfg, api_key_secret))
         mlflow.log_metrics({f"feedback/{k}": float(v) for k, v in result["stats"].items()})
+        set_aside = read_jsonl(out / "set_aside.jsonl")
+        if set_aside:
+            mlflow.log_table(pd.DataFrame(set_aside).astype(str), "set_aside.json")
         pairs = pd.DataFrame(read_jsonl(result["pairs_path"]))
         if len(pairs):
             mlflow.log_input(mlflow.data.from_pandas(pairs, source=result["pairs_path"], name="preference-pairs",
@@ -64,4 +79,17 @@ def _readable(pairs: pd.DataFrame) -> pd.DataFrame:
         "rejected": pairs["rejected"].map(lambda m: m[0]["content"]),
         "score_chosen": pairs["score_chosen"],
         "score_rejected": pairs["score_rejected"],
+        "chosen_model": pairs["chosen_model"],
+        "rejected_model": pairs["rejected_model"],
+        "chosen_rationale": pairs["chosen_rationale"],
+        "rejected_rationale": pairs["rejected_rationale"],
+        "judge": pairs["judge"],
     })
+
+
+def _secret_env(cfg: FeedbackConfig, block: str | None) -> dict[str, str] | None:
+    if block is None:
+        return None
+    from prefect.blocks.system import Secret
+
+    return {cfg.client.api_key_env: Secret.load(block).get()}

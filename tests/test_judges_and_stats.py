@@ -10,7 +10,7 @@ import pytest
 
 from dpo_core.benchmarks import mt_bench, pairwise
 from dpo_core.benchmarks.stats import length_controlled_win_rate, paired_bootstrap, win_rate
-from dpo_core.judges.backends import LocalChat, OpenAIChat, make_backend
+from dpo_core.judges.backends import ClientOptions, LocalChat, OpenAIChat, make_backend
 from dpo_core.judges.parsing import parse_rating, parse_verdict
 
 SAMPLE = Path(__file__).parents[1] / "configs" / "mt_bench_sample.jsonl"
@@ -126,8 +126,9 @@ def test_mt_bench_grading_counts_parse_failures(tiny_model):
 
 def test_openai_backend_keeps_the_key_out_of_repr(monkeypatch):
     monkeypatch.setenv("MY_JUDGE_KEY", "sk-secret-123")
-    backend = OpenAIChat("http://127.0.0.1:9/v1", "judge-model", api_key_env="MY_JUDGE_KEY")
-    assert "sk-secret" not in repr(backend) and "sk-secret" not in str(vars(backend).get("name"))
+    backend = OpenAIChat("http://127.0.0.1:9/v1", "judge-model", ClientOptions(api_key_env="MY_JUDGE_KEY"))
+    assert backend.client.api_key == "sk-secret-123"
+    assert "sk-secret" not in repr(backend) and "sk-secret" not in repr(backend.client)
     with pytest.raises(ValueError, match="openai:<base_url>"):
         make_backend("openai:http://x")
 

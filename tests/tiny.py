@@ -5,23 +5,37 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
 from dpo_core.models import ensure_embedded_default, load_tokenizer
 
 
 def make_tiny_model(dest: Path, seed: int = 0) -> Path:
     tokenizer = load_tokenizer(str(ensure_embedded_default()))
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-        tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    model = LlamaForCausalLM(_config(tokenizer))
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(dest, safe_serialization=True)
     tokenizer.save_pretrained(dest)
     return Path(dest)
+
+
+def make_tiny_reward_model(dest: Path, seed: int = 0) -> Path:
+    """The same tiny body with a one-logit score head: a sequence-classification reward model."""
+    tokenizer = load_tokenizer(str(ensure_embedded_default()))
+    torch.manual_seed(seed)
+    config = _config(tokenizer)
+    config.num_labels = 1
+    LlamaForSequenceClassification(config).save_pretrained(dest, safe_serialization=True)
+    tokenizer.save_pretrained(dest)
+    return Path(dest)
+
+
+def _config(tokenizer) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )

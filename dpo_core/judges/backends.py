@@ -1,18 +1,24 @@
-"""Chat backends a judge talks to: a local transformers model, or any OpenAI-compatible server
-(vLLM, TGI, Ollama, llama.cpp server, hosted APIs).
+"""Chat backends that judges (and candidate generation) talk to: a local transformers model, or
+any OpenAI-compatible server (vLLM, TGI, Ollama, llama.cpp server, hosted APIs).
 
-The API key is read from an environment variable named in the config, never stored on the
-object's public fields, and never part of ``repr``, logs or MLflow params.
+Both answer a list of conversations through ``run(conversations, max_new_tokens, on_done)``,
+which calls ``on_done(index, text or Failure)`` as each answer is ready (after its batch, for a
+local model; the moment its request returns, for a server), so callers store every finished
+item before the rest arrive. ``complete`` is the same as one list.
+
+The API key is read from the environment variable named in ``api_key_env`` and held out of
+``repr``, logs and MLflow params.
 """
 
 from __future__ import annotations
 
 import os
-import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from dpo_core.generation import SamplingConfig, generate
 from dpo_core.models import load_model, load_tokenizer, resolve_model
+from dpo_core.openai_client import Failure, OpenAIClient, Usage
 
 
 class LocalChat:
@@ -20,57 +26,71 @@ class LocalChat:
 
     def __init__(self, model, tokenizer, name: str = "local", batch_size: int = 8):
         self.model, self.tokenizer, self.name, self.batch_size = model, tokenizer, name, batch_size
+        self.usage = Usage()
 
     @classmethod
     def from_ref(cls, model_ref: str) -> LocalChat:
         path = resolve_model(model_ref)
         return cls(load_model(path), load_tokenizer(path), f"local:{model_ref}")
 
-    def complete(self, conversations: list[list[dict]], max_new_tokens: int = 256) -> list[str]:
+    def run(self, conversations: list[list[dict]], max_new_tokens: int, on_done: Callable[[int, str | Failure], None]) -> None:
         cfg = SamplingConfig(num_samples=1, temperature=0.0, max_new_tokens=max_new_tokens, batch_size=self.batch_size)
-        return [g[0].text for g in generate(self.model, self.tokenizer, conversations, cfg)]
+
+        def done(i, generations):
+            self.usage.requests += 1
+            self.usage.completion_tokens += generations[0].n_tokens
+            on_done(i, generations[0].text)
+
+        generate(self.model, self.tokenizer, conversations, cfg, on_prompt=done)
+
+    def complete(self, conversations: list[list[dict]], max_new_tokens: int = 256) -> list[str]:
+        return _collect(self, conversations, max_new_tokens)
 
 
 @dataclass
-class OpenAIChat:
-    """POST /v1/chat/completions with retries (exponential backoff) on 429/5xx and timeouts."""
+class ClientOptions:
+    """How hard to push an OpenAI-compatible server."""
 
-    base_url: str  # e.g. http://127.0.0.1:8000/v1
-    model: str
     api_key_env: str = "OPENAI_API_KEY"  # name of the variable holding the key (may be unset for local servers)
     timeout_s: float = 60.0
-    max_retries: int = 3
-    _key: str | None = field(default=None, init=False, repr=False)
+    max_retries: int = 4
+    concurrency: int = 8
+    requests_per_s: float | None = None
 
-    def __post_init__(self):
-        self._key = os.environ.get(self.api_key_env)
-        self.name = f"openai:{self.model}"
+
+class OpenAIChat:
+    """Greedy (temperature 0) answers from an OpenAI-compatible server."""
+
+    def __init__(self, base_url: str, model: str, options: ClientOptions | None = None):
+        options = options or ClientOptions()
+        self.client = OpenAIClient(base_url, model, api_key=os.environ.get(options.api_key_env),
+                                   timeout_s=options.timeout_s, max_retries=options.max_retries,
+                                   concurrency=options.concurrency, requests_per_s=options.requests_per_s)
+        self.name, self.usage = self.client.name, self.client.usage
+
+    def __repr__(self) -> str:
+        return f"OpenAIChat({self.client.base_url!r}, {self.client.model!r})"
+
+    def run(self, conversations: list[list[dict]], max_new_tokens: int, on_done: Callable[[int, str | Failure], None]) -> None:
+        bodies = [{"messages": c, "max_tokens": max_new_tokens, "temperature": 0.0} for c in conversations]
+        self.client.run(bodies, lambda i, r: on_done(i, r if isinstance(r, Failure) else r.text))
 
     def complete(self, conversations: list[list[dict]], max_new_tokens: int = 256) -> list[str]:
-        return [self._one(c, max_new_tokens) for c in conversations]
-
-    def _one(self, messages: list[dict], max_new_tokens: int) -> str:
-        import httpx
-
-        headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
-        body = {"model": self.model, "messages": messages, "max_tokens": max_new_tokens, "temperature": 0.0}
-        for attempt in range(self.max_retries + 1):
-            try:
-                r = httpx.post(f"{self.base_url.rstrip('/')}/chat/completions", json=body, headers=headers,
-                               timeout=self.timeout_s)
-                if r.status_code < 400:
-                    return r.json()["choices"][0]["message"]["content"]
-                if r.status_code != 429 and r.status_code < 500:
-                    raise RuntimeError(f"{self.name}: HTTP {r.status_code} {r.text[:200]}")
-            except (httpx.TimeoutException, httpx.TransportError):
-                if attempt == self.max_retries:
-                    raise
-            time.sleep(min(2**attempt, 30))
-        raise RuntimeError(f"{self.name}: no answer after {self.max_retries + 1} attempts")
+        return _collect(self, conversations, max_new_tokens)
 
 
-def make_backend(spec: str):
-    """``local:<model ref>`` or ``openai:<base_url>|<model>`` (key from OPENAI_API_KEY)."""
+def _collect(backend, conversations, max_new_tokens) -> list[str]:
+    """Answers in order; a request that failed for good raises, naming its reason."""
+    answers: list[str | Failure] = [Failure("no answer")] * len(conversations)
+    backend.run(conversations, max_new_tokens, answers.__setitem__)
+    failed = [(i, a.reason) for i, a in enumerate(answers) if isinstance(a, Failure)]
+    if failed:
+        raise RuntimeError(f"{backend.name}: {len(failed)} of {len(answers)} requests failed; first: {failed[0]}")
+    return answers
+
+
+def make_backend(spec: str, options: ClientOptions | None = None):
+    """``local:<model ref>`` or ``openai:<base_url>|<model>`` (key from ``options.api_key_env``)."""
     kind, _, rest = spec.partition(":")
     if kind == "local":
         return LocalChat.from_ref(rest)
@@ -78,5 +98,5 @@ def make_backend(spec: str):
         base_url, _, model = rest.partition("|")
         if not model:
             raise ValueError(f"judge {spec!r}: use openai:<base_url>|<model>")
-        return OpenAIChat(base_url, model)
+        return OpenAIChat(base_url, model, options)
     raise ValueError(f"judge {spec!r}: use local:<model ref> or openai:<base_url>|<model>")

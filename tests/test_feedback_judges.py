@@ -1,0 +1,142 @@
+"""The feedback judges (rubric parsing, pairwise, reward model), the model pool, the item cache,
+and sampling with the prompt prefilled once."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dpo_core.data.io import read_jsonl, write_jsonl
+from dpo_core.feedback import FeedbackConfig, collect_feedback
+from dpo_core.generation import SamplingConfig, generate
+from dpo_core.item_cache import ItemCache, item_key
+from dpo_core.judges.backends import LocalChat
+from dpo_core.judges.pairwise import PairwiseJudge
+from dpo_core.judges.reward_model import RewardModelJudge
+from dpo_core.judges.rubric import RubricJudge, judge_prompt, parse_ratings
+from dpo_core.judges.verdicts import SetAside, Verdict
+from dpo_core.models import load_model, load_tokenizer
+from dpo_core.records import PreferencePair, PromptRecord
+
+PROMPT = PromptRecord("p1", [{"role": "user", "content": "Name a colour."}])
+
+GOOD = """Here are my annotations.
+
+#### Output for Text 1
+Rating: 4
+Rationale: Names a colour.
+
+It is short, which is fine.
+#### Output for Text 2
+**Rating:** 2
+**Rationale:** Off topic."""
+
+
+def test_rubric_parse_finds_blocks_by_header_despite_preamble_and_blank_lines():
+    parsed, problem = parse_ratings(GOOD, 2)
+    assert problem == "" and [r for r, _ in parsed] == [4, 2]
+    assert parsed[0][1] == "Names a colour.\n\nIt is short, which is fine." and parsed[1][1] == "Off topic."
+
+
+@pytest.mark.parametrize(("text", "n", "problem"), [
+    (GOOD, 3, "expected blocks for texts 1 to 3"),
+    (GOOD.replace("Rating: 4", "Rating: 6"), 2, "'6' is not an integer from 1 to 5"),
+    (GOOD.replace("Rating: 4", "Rating: 4.5"), 2, "not an integer"),
+    (GOOD.replace("Rating: 4", "Rating: 4\nRating: 5"), 2, "expected one 'Rating:' line, found 2"),
+    (GOOD.replace("Text 2", "Text 3"), 2, "found [1, 3]"),
+    ("I think text 1 is better.", 2, "found none"),
+])
+def test_rubric_parse_refuses_what_does_not_match_the_candidates(text, n, problem):
+    parsed, why = parse_ratings(text, n)
+    assert parsed is None and problem in why
+
+
+def test_rubric_prompt_and_version():
+    messages = judge_prompt("honesty", "Name a colour.", ["red", "blue"])
+    assert "<text 2> blue" in messages[1]["content"] and "#### Output for Text 2" in messages[1]["content"]
+    judge = RubricJudge(LocalChat(None, None, "x"), ["helpfulness", "honesty"])
+    assert judge.version.startswith("ultrafeedback-v1+") and judge.name == "rubric[helpfulness,honesty]@x"
+    with pytest.raises(ValueError, match="aspects"):
+        RubricJudge(LocalChat(None, None, "x"), ["style"])
+
+
+def test_pairwise_judge_asks_both_orders_and_sets_unparseable_items_aside(tiny_model):
+    chat = LocalChat.from_ref(tiny_model)
+    sent = []
+    original = chat.run
+    chat.run = lambda convs, n, on_done: sent.append(len(convs)) or original(convs, n, on_done)
+    judge = PairwiseJudge(chat, max_retries=1, max_new_tokens=4)
+    results = {}
+    judge.judge([(PROMPT, ["red", "blue", "green"])], results.__setitem__)
+    assert sent == [6, 6]  # C(3, 2) comparisons in two orders, then one re-ask of all six
+    (result,) = results.values()
+    assert isinstance(result, SetAside) and not result.retryable and len(result.raw) >= 2
+    assert judge.stats["judge_answers_unparsed"] == 12
+
+
+def test_pairwise_scores_count_wins_ties_and_order_disagreement():
+    judge = PairwiseJudge(LocalChat(None, None, "x"))
+    # texts 0 and 1: 0 wins in both orders; 0 vs 2: the orders disagree (tie); 1 vs 2: a tie both ways
+    verdicts = {(0, 1, True): "A", (0, 1, False): "B", (0, 2, True): "A", (0, 2, False): "A",
+                (1, 2, True): "C", (1, 2, False): "C"}
+    verdict = judge._scores(3, verdicts, [])
+    assert verdict.scores == [pytest.approx(0.75), pytest.approx(0.25), pytest.approx(0.5)]
+    assert judge.stats["position_disagreements"] == 1 and judge.stats["comparisons"] == 3
+
+
+def test_reward_model_judge_scores_with_a_sequence_classifier(tmp_path):
+    from tiny import make_tiny_reward_model
+
+    judge = RewardModelJudge(str(make_tiny_reward_model(tmp_path / "rm")))
+    results = {}
+    judge.judge([(PROMPT, ["red", "a much longer answer about blue"])], results.__setitem__)
+    verdict = results[0]
+    assert isinstance(verdict, Verdict) and len(verdict.scores) == 2
+    rewards = [d["reward"] for d in verdict.details]
+    direct = judge.rewards([PROMPT.messages + [{"role": "assistant", "content": t}]
+                            for t in ("red", "a much longer answer about blue")])
+    assert rewards == pytest.approx(direct) and rewards[0] != rewards[1]
+    assert [s > 0.5 for s in verdict.scores] == [r > 0 for r in rewards]
+
+
+def test_model_pool_keeps_each_candidates_generator(tiny_model, tmp_path):
+    from tiny import make_tiny_model
+
+    other = str(make_tiny_model(tmp_path / "other", seed=1))
+    prompts = write_jsonl(tmp_path / "p.jsonl", [PromptRecord("a", PROMPT.messages, [{"kind": "lowercase", "args": {}}])
+                                                 .to_dict()])
+    cfg = FeedbackConfig(generators=[other], sampling=SamplingConfig(num_samples=3, max_new_tokens=6, temperature=1.0),
+                         binarize="all_pairs")
+    result = collect_feedback(cfg, tiny_model, prompts, tmp_path / "out")
+    assert [c["model"] for c in read_jsonl(result.candidates_path)] == [tiny_model] * 3 + [other] * 3
+    for pair in map(lambda r: PreferencePair(**r), read_jsonl(result.pairs_path)):
+        assert pair.chosen_model in (tiny_model, other) and pair.judge.startswith("verifiable/")
+
+
+def test_item_cache_survives_reopening(tmp_path):
+    key = item_key("sample", prompt=PROMPT.messages, model="m", sampling={"t": 1}, k=0)
+    assert key != item_key("sample", prompt=PROMPT.messages, model="m", sampling={"t": 1}, k=1)
+    cache = ItemCache(tmp_path / "c.sqlite")
+    cache.put(key, {"text": "red"})
+    cache.close()
+    again = ItemCache(tmp_path / "c.sqlite")
+    assert again.get(key) == {"text": "red"} and again.get("nope") is None
+    assert (again.hits, again.misses, len(again)) == (1, 1, 1)
+
+
+def test_prefill_once_samples_like_num_return_sequences(tiny_model):
+    """The prompt cache repeated for K samples gives the samples plain generate would draw."""
+    model, tokenizer = load_model(tiny_model), load_tokenizer(tiny_model)
+    chats = [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "Tell me about rivers, please."}]]
+    cfg = SamplingConfig(num_samples=3, max_new_tokens=10, temperature=1.0, batch_size=2, seed=7)
+    ours = generate(model, tokenizer, chats, cfg)
+    tokenizer.padding_side = "left"
+    enc = tokenizer([tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats],
+                    return_tensors="pt", padding=True, add_special_tokens=False)  # already shortest first
+    torch.manual_seed(cfg.seed * 100_003)
+    plain = model.generate(**enc, max_new_tokens=10, do_sample=True, temperature=1.0, top_p=cfg.top_p, top_k=None,
+                           num_return_sequences=3, pad_token_id=tokenizer.pad_token_id,
+                           eos_token_id=[tokenizer.eos_token_id])[:, enc["input_ids"].shape[1]:]
+    plain_texts = [tokenizer.decode(t, skip_special_tokens=True).strip() for t in plain]
+    assert [g.text for g in ours[0]] + [g.text for g in ours[1]] == plain_texts
+    assert len(set(plain_texts)) > 1  # real samples, not one greedy answer repeated
