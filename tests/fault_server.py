@@ -7,14 +7,15 @@ request log, for the feedback stage's tests.
 Faults are keyed by the 1-based number of the chat request: ``500`` answers HTTP 500,
 ``timeout`` stalls past any client timeout before answering, ``truncated`` sends the first half
 of a real reply's body, ``malformed`` sends a 200 that is not a chat completion. Every request is
-logged as it arrives and again with its outcome once answered, so a test can tell which
-requests the server finished.
+logged as it arrives (with a SHA-256 of its Authorization header, never the header) and again
+with its outcome once answered, so a test can tell which requests the server finished.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import sys
 import threading
@@ -50,7 +51,9 @@ class FaultsAndLog:
         self.count += 1
         n, fault = self.count, self.faults.get(self.count, "")
         request = json.loads(body)
-        self._log({"n": n, "event": "received", "fault": fault, "request": request})
+        auth = dict(scope["headers"]).get(b"authorization", b"")
+        self._log({"n": n, "event": "received", "fault": fault, "request": request,
+                   "auth_sha256": hashlib.sha256(auth).hexdigest() if auth else None})
         await asyncio.sleep(self.delay_s)
         if fault == "500":
             await _respond(send, 500, b'{"error": "injected"}')

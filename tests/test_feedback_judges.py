@@ -140,3 +140,12 @@ def test_prefill_once_samples_like_num_return_sequences(tiny_model):
     plain_texts = [tokenizer.decode(t, skip_special_tokens=True).strip() for t in plain]
     assert [g.text for g in ours[0]] + [g.text for g in ours[1]] == plain_texts
     assert len(set(plain_texts)) > 1  # real samples, not one greedy answer repeated
+
+
+def test_rubric_verdict_averages_aspects_into_zero_to_one():
+    judge = RubricJudge(LocalChat(None, None, "x"), ["helpfulness", "honesty"])
+    verdict = judge._verdict({"helpfulness": [(5, "clear"), (1, "wrong")], "honesty": [(3, "hedged"), (1, "made up")]},
+                             ["raw"])
+    assert verdict.scores == [pytest.approx(0.75), 0.0]
+    assert verdict.details[0] == {"ratings": {"helpfulness": 5, "honesty": 3},
+                                  "rationale": "helpfulness: clear | honesty: hedged"}

@@ -3,6 +3,7 @@ tiny model, behind injected faults): retries, set-asides, a kill mid-stage and a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -165,3 +166,28 @@ def test_rubric_judge_over_the_server_sets_unparseable_items_aside_with_raw_text
     assert len(_finished(_log(log_path))) == 6
     again = collect_feedback(cfg, tiny_model, _prompts(tmp_path, 3), tmp_path / "out")
     assert len(_log(log_path)) == 12 and again.stats["set_aside_judging"] == 3  # no new request
+
+
+def test_the_api_key_is_sent_but_never_written_anywhere(server, tmp_path, monkeypatch):
+    key = "sk-test-7f3a9c"
+    monkeypatch.setenv("MY_ENDPOINT_KEY", key)
+    url, log_path = server()
+    cfg = FeedbackConfig(sampling=SamplingConfig(num_samples=2, max_new_tokens=4, temperature=1.0),
+                         client=ClientOptions(api_key_env="MY_ENDPOINT_KEY", timeout_s=5))
+    collect_feedback(cfg, f"openai:{url}|tiny", _prompts(tmp_path, 1), tmp_path / "out")
+    sent = {r["auth_sha256"] for r in _log(log_path) if r["event"] == "received"}
+    assert sent == {hashlib.sha256(f"Bearer {key}".encode()).hexdigest()}
+    for path in (tmp_path / "out").rglob("*"):
+        if path.is_file():
+            assert key.encode() not in path.read_bytes(), path
+
+
+def test_a_prefect_secret_block_reaches_the_stage_as_its_key_variable(prefect_server):
+    from prefect.blocks.system import Secret
+
+    from tasks.feedback import _secret_env
+
+    Secret(value="sk-from-block").save("endpoint-key", overwrite=True)
+    cfg = FeedbackConfig(client=ClientOptions(api_key_env="JUDGE_KEY"))
+    assert _secret_env(cfg, "endpoint-key") == {"JUDGE_KEY": "sk-from-block"}
+    assert _secret_env(cfg, None) is None
