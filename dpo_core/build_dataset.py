@@ -13,6 +13,9 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from pydantic import Field
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+
 from dpo_core.data.io import read_rows, write_jsonl
 from dpo_core.digest import digest_files
 from dpo_core.instructions import INSTRUCTION_SET_PATH, validate_instruction
@@ -21,25 +24,22 @@ from dpo_core.records import PromptRecord
 BUILTIN = "builtin"
 
 
-@dataclass
+@pydantic_dataclass
 class BuildConfig:
-    source: str = BUILTIN  # "builtin" (the shipped instruction set) or a JSONL/CSV/Parquet file, datasets folder or hub id
-    eval_source: str | None = None  # held-out prompts; None: the builtin eval split, or eval_fraction of a user source
-    eval_fraction: float = 0.1  # share of a user source held out when eval_source is None
-    max_train: int | None = None  # keep at most this many training prompts (after shuffling with seed)
-    max_eval: int | None = None  # keep at most this many held-out prompts
-    max_prompt_chars: int = 4000  # longer prompts are rejected: they would be truncated in training
-    decontaminate_ngram: int = 8  # word n-gram length compared between training and held-out prompts
-    decontaminate_overlap: float = 0.8  # drop a training prompt when this share of its n-grams occur in held-out prompts
-    seed: int = 0
 
-    def __post_init__(self):
-        if not 0.0 < self.eval_fraction < 1.0:
-            raise ValueError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
-        if self.decontaminate_ngram < 3:
-            raise ValueError(f"decontaminate_ngram must be >= 3, got {self.decontaminate_ngram}")
-        if not 0.0 < self.decontaminate_overlap <= 1.0:
-            raise ValueError(f"decontaminate_overlap must be in (0, 1], got {self.decontaminate_overlap}")
+    source: str = Field(BUILTIN, description="'builtin' (the shipped instruction set), a JSONL/JSON/CSV/Parquet "
+                                             "file, a saved datasets folder or a hub dataset id")
+    eval_source: str | None = Field(None, description="Held-out prompts (default: the builtin eval split, or "
+                                                      "eval_fraction of a user source)")
+    eval_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="Share of a user source held out without eval_source")
+    max_train: int | None = Field(None, ge=1, description="Keep at most this many training prompts (shuffled by seed)")
+    max_eval: int | None = Field(None, ge=1, description="Keep at most this many held-out prompts")
+    max_prompt_chars: int = Field(4000, ge=1, description="Longer prompts are rejected: training would truncate them")
+    decontaminate_ngram: int = Field(8, ge=3, description="Word n-gram length compared with held-out prompts")
+    decontaminate_overlap: float = Field(0.8, gt=0.0, le=1.0, description="Drop a training prompt when this share "
+                                                                        "of its n-grams occurs in held-out prompts")
+    seed: int = Field(0, ge=0)
+
 
 
 @dataclass

@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import gc
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from itertools import combinations
 from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from dpo_core.benchmarks import lm_eval, mt_bench, pairwise
 from dpo_core.benchmarks.preference import perplexity, preference_accuracy, summed_logps
@@ -25,19 +29,21 @@ from dpo_core.models import load_model, load_tokenizer, resolve_model
 from dpo_core.records import EvalSample, PreferencePair, PromptRecord
 
 
-@dataclass
+@pydantic_dataclass
 class EvalConfig:
-    max_prompts: int | None = None  # evaluate on at most this many held-out prompts
-    max_new_tokens: int = 160
-    batch_size: int = 16  # prompts per generate call (greedy decoding)
-    judge: str | None = None  # "local:<model ref>" or "openai:<base_url>|<model>"; enables the two below
-    mt_bench_path: str | None = None  # MT-Bench-format questions (JSONL) graded by the judge
-    pairwise_baseline: str = "sft"  # model the judge compares the DPO model with, on the held-out prompts
-    judge_max_new_tokens: int = 192
-    judge_max_retries: int = 2
-    lm_eval_tasks: list[str] = field(default_factory=list)  # lm-evaluation-harness task names (package needed)
-    lm_eval_limit: int | None = None
 
+    max_prompts: int | None = Field(None, ge=1, description="Evaluate on at most this many held-out prompts")
+    max_new_tokens: int = Field(160, ge=1)
+    batch_size: int = Field(16, ge=1, description="Prompts per generate call (greedy decoding)")
+    judge: str | None = Field(None, description="local:<model ref> or openai:<base_url>|<model>: enables MT-Bench "
+                                                "grading and the pairwise win rate")
+    mt_bench_path: str | None = Field(None, description="MT-Bench-format questions (JSONL) graded by the judge")
+    pairwise_baseline: Literal["base", "sft", "champion"] = Field(
+        "sft", description="The model the judge compares the DPO model with")
+    judge_max_new_tokens: int = Field(192, ge=8)
+    judge_max_retries: int = Field(2, ge=0, le=10)
+    lm_eval_tasks: list[str] = Field(default_factory=list, description="lm-evaluation-harness tasks (package needed)")
+    lm_eval_limit: int | None = Field(None, ge=1)
 
 @dataclass
 class EvalResult:

@@ -24,17 +24,21 @@ import json
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
-from dpo_core.binarize import STRATEGIES, binarize
+from pydantic import Field
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+
+from dpo_core.binarize import binarize
 from dpo_core.data.io import read_jsonl, write_jsonl
 from dpo_core.digest import digest_files
 from dpo_core.generation import SamplingConfig
 from dpo_core.generators import make_generator
 from dpo_core.item_cache import ItemCache, item_key
 from dpo_core.judges.backends import ClientOptions, make_backend
-from dpo_core.judges.rubric import ULTRAFEEDBACK_ASPECTS
+from dpo_core.judges.rubric import ULTRAFEEDBACK_ASPECTS, Aspect
 from dpo_core.judges.verdicts import SetAside, Verdict
 from dpo_core.openai_client import Failure
 from dpo_core.records import JudgedCandidate, PreferencePair, PromptRecord
@@ -42,27 +46,27 @@ from dpo_core.records import JudgedCandidate, PreferencePair, PromptRecord
 JUDGE_KINDS = ("verifiable", "rubric", "pairwise", "reward")
 
 
-@dataclass
+@pydantic_dataclass
 class FeedbackConfig:
-    max_prompts: int | None = None  # use at most this many training prompts
-    generators: list[str] = field(default_factory=list)  # more candidate sources beside the stage's model
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)  # K samples per generator and prompt
-    judge: str = "verifiable"  # "verifiable", "rubric:<backend>", "pairwise:<backend>", "reward:<model ref>"
-    rubric_aspects: list[str] = field(default_factory=lambda: list(ULTRAFEEDBACK_ASPECTS))
-    judge_max_retries: int = 2  # re-asks of a judge answer that does not parse, before setting the item aside
-    judge_max_new_tokens: int = 512
-    client: ClientOptions = field(default_factory=ClientOptions)  # for openai: generators and judges
-    binarize: str = "best_vs_random"  # or "best_vs_worst", "all_pairs" (see dpo_core.binarize)
-    min_margin: float = 0.0  # a pair's scores must differ by at least this much
-    cache_path: str | None = None  # the item cache (default: feedback-items.sqlite beside out_dir)
+
+    max_prompts: int | None = Field(None, ge=1, description="Use at most this many training prompts")
+    generators: list[str] = Field(default_factory=list, description="More candidate sources beside the stage's "
+                                                                     "model: local:<model ref> or openai:<base_url>|<model>")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="K samples per generator and prompt")
+    judge: str = Field("verifiable", description="verifiable, rubric:<backend>, pairwise:<backend> or reward:<model ref>")
+    rubric_aspects: list[Aspect] = Field(default_factory=lambda: list(ULTRAFEEDBACK_ASPECTS), min_length=1,
+                                         description="Rubric judge: aspects rated 1-5, one judge call each")
+    judge_max_retries: int = Field(2, ge=0, le=10, description="Re-asks of an unparseable judge answer before the "
+                                                               "item is set aside")
+    judge_max_new_tokens: int = Field(512, ge=8)
+    client: ClientOptions = Field(default_factory=ClientOptions, description="OpenAI-compatible endpoints: "
+                                                                               "generators and judges")
+    binarize: Literal["best_vs_random", "best_vs_worst", "all_pairs"] = Field(
+        "best_vs_random", description="Pairing rule (dpo_core.binarize): Zephyr's best vs a random lower one by default")
+    min_margin: float = Field(0.0, ge=0.0, le=1.0, description="A pair's scores must differ by at least this much")
+    cache_path: str | None = Field(None, description="The item cache (default: feedback-items.sqlite beside the output)")
 
     def __post_init__(self):
-        if isinstance(self.sampling, dict):
-            self.sampling = SamplingConfig(**self.sampling)
-        if isinstance(self.client, dict):
-            self.client = ClientOptions(**self.client)
-        if self.binarize not in STRATEGIES:
-            raise ValueError(f"binarize must be one of {STRATEGIES}, got {self.binarize!r}")
         kind, _, rest = self.judge.partition(":")
         if kind not in JUDGE_KINDS or (kind == "verifiable") != (rest == ""):
             raise ValueError(f"judge {self.judge!r}: use verifiable, rubric:<backend>, pairwise:<backend> "
@@ -103,8 +107,7 @@ def collect_feedback(
     judgeable = [p for p in prompts if p.instructions] if cfg.judge == "verifiable" else prompts
     # beside out_dir: runs of the stage with other settings (binarization, margin) share the items
     cache = ItemCache(Path(cfg.cache_path) if cfg.cache_path else out_dir.parent / "feedback-items.sqlite")
-    generators = [make_generator(spec if ":" in spec else f"local:{spec}", cfg.client)
-                  for spec in [model_ref, *cfg.generators]]
+    generators = [make_generator(spec, cfg.client) for spec in [model_ref, *cfg.generators]]
     k = cfg.sampling.num_samples
     progress = _Progress(len(judgeable) * (len(generators) * k + 1), on_progress)
     set_aside: list[dict] = []

@@ -7,29 +7,31 @@ than ``guard_tolerance``. The decision carries every number it used and a reason
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+from pydantic import Field
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from dpo_core.benchmarks.stats import paired_bootstrap
 from dpo_core.records import EvalSample
 
-METRICS = ("prompt_level_strict", "instruction_level_strict", "prompt_level_loose", "instruction_level_loose")
+Metric = Literal["prompt_level_strict", "instruction_level_strict", "prompt_level_loose", "instruction_level_loose"]
+METRICS = get_args(Metric)
 
 
-@dataclass
+@pydantic_dataclass
 class GateConfig:
-    primary_metric: str = "prompt_level_strict"  # one of the IFEval accuracies
-    min_improvement: float = 0.0  # the interval's lower end must be above this (0: better with confidence)
-    confidence: float = 0.9  # of the paired bootstrap interval
-    guard_metrics: list[str] = field(default_factory=lambda: ["instruction_level_loose"])
-    guard_tolerance: float = 0.02  # a guard metric may drop at most this much
-    registered_model: str = "dpo-policy"  # MLflow registry name holding challenger and champion aliases
 
-    def __post_init__(self):
-        for name in [self.primary_metric, *self.guard_metrics]:
-            if name not in METRICS:
-                raise ValueError(f"gate metric {name!r} is not one of {METRICS}")
-        if not 0.5 < self.confidence < 1:
-            raise ValueError(f"confidence must be in (0.5, 1), got {self.confidence}")
+    primary_metric: Metric = Field("prompt_level_strict", description="The IFEval accuracy the challenger must raise")
+    min_improvement: float = Field(0.0, ge=-1.0, le=1.0, description="The interval's lower end must exceed this")
+    confidence: float = Field(0.9, gt=0.5, lt=1.0, description="Of the paired bootstrap interval")
+    guard_metrics: list[Metric] = Field(default_factory=lambda: ["instruction_level_loose"],
+                                        description="Metrics that may not drop more than guard_tolerance")
+    guard_tolerance: float = Field(0.02, ge=0.0, le=1.0)
+    registered_model: str = Field("dpo-policy", min_length=1, description="MLflow registry name (challenger and "
+                                                                          "champion aliases)")
+
 
 
 @dataclass

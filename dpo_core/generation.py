@@ -12,27 +12,26 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from pydantic import Field
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 from transformers import DynamicCache
 
 from dpo_core.chat import render_prompt
 
 
-@dataclass
+@pydantic_dataclass
 class SamplingConfig:
-    num_samples: int = 4  # answers per prompt (K)
-    max_new_tokens: int = 160
-    temperature: float = 0.8  # 0 means greedy decoding (then num_samples must be 1)
-    top_p: float = 0.95
-    batch_size: int = 8  # prompts per generate call; each holds num_samples sequences
-    seed: int = 0
+
+    num_samples: int = Field(4, ge=1, le=64, description="Answers per prompt (K)")
+    max_new_tokens: int = Field(160, ge=1, le=32768)
+    temperature: float = Field(0.8, ge=0.0, le=5.0, description="0: greedy decoding (then num_samples must be 1)")
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    batch_size: int = Field(8, ge=1, description="Prompts per generate call; each holds num_samples sequences")
+    seed: int = Field(0, ge=0)
 
     def __post_init__(self):
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if self.temperature == 0 and self.num_samples != 1:
             raise ValueError("greedy decoding (temperature=0) gives identical samples: set num_samples=1")
-        if self.num_samples < 1 or self.batch_size < 1 or self.max_new_tokens < 1:
-            raise ValueError("num_samples, batch_size and max_new_tokens must be >= 1")
 
 
 @dataclass(frozen=True)

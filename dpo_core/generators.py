@@ -78,12 +78,11 @@ class OpenAIGenerator:
 
 
 def make_generator(spec: str, options: ClientOptions):
+    """``openai:<base_url>|<model>``, ``local:<model ref>``, or a bare model reference (local)."""
     kind, _, rest = spec.partition(":")
     if kind == "openai":
         base_url, _, model = rest.partition("|")
         if not model:
             raise ValueError(f"generator {spec!r}: use openai:<base_url>|<model>")
         return OpenAIGenerator(base_url, model, options)
-    if kind == "local":
-        return LocalGenerator(rest)
-    raise ValueError(f"generator {spec!r}: use local:<model ref> or openai:<base_url>|<model>")
+    return LocalGenerator(rest if kind == "local" else spec)

@@ -8,10 +8,11 @@ prompt's instructions. The loss is the mean cross-entropy over answer tokens onl
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from pydantic import Field
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from dpo_core.batching import Batch, answer_token_logps, collate, to_device
 from dpo_core.chat import encode
@@ -21,10 +22,11 @@ from dpo_core.records import JudgedCandidate, PromptRecord
 from dpo_core.training import TrainConfig, TrainResult, device, fit, prepare_for_training, save_trained
 
 
-@dataclass
+@pydantic_dataclass
 class SFTConfig(TrainConfig):
-    min_score: float = 1.0  # a prompt's best candidate joins the SFT set only if it scores at least this
 
+    min_score: float = Field(1.0, ge=0.0, le=1.0,
+                             description="A prompt's best candidate joins the SFT set only if it scores at least this")
 
 def select_sft_examples(prompts_path: Path, candidates_path: Path, min_score: float) -> list[tuple[list, str]]:
     """(messages, answer) for the best candidate of each prompt that reaches ``min_score``."""

@@ -20,8 +20,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
+from pydantic import Field
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 from safetensors.torch import load_file, save_file
 from transformers import get_scheduler
 
@@ -31,43 +34,35 @@ from dpo_core.optim import make_optimizer
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c")) if sys.platform == "linux" else None
 
 
-@dataclass
+@pydantic_dataclass
 class TrainConfig:
-    lora: bool = True  # train a LoRA adapter (False: full fine-tune)
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    learning_rate: float = 2e-4
-    epochs: int = 1
-    max_steps: int | None = None  # stop after this many optimizer steps (the schedule spans them)
-    batch_size: int = 4  # examples (SFT) or pairs (DPO) per micro-batch
-    grad_accum: int = 1  # micro-batches per optimizer step
-    warmup_ratio: float = 0.1  # share of optimizer steps spent warming up
-    scheduler: str = "cosine"  # "cosine" or "linear" decay after warm-up
-    max_grad_norm: float = 1.0  # clip the global gradient norm to this (0: no clipping)
-    optimizer_in_backward: bool = False  # step each parameter in backward, no whole gradient held (max_grad_norm=0)
-    max_length: int = 512  # prompt + answer tokens
-    gradient_checkpointing: bool = True  # recompute layer activations in backward (as TRL does by default)
-    precision: str = "auto"  # "auto" (bf16 autocast on a GPU that has it, else fp32), "fp32" or "bf16"
-    eval_steps: int = 0  # evaluate every N optimizer steps (0: only at the end), when there is eval data
-    save_steps: int = 0  # checkpoint every N optimizer steps for resume (0: never)
-    save_total_limit: int = 2  # checkpoints kept
-    seed: int = 0
+
+    lora: bool = Field(True, description="Train a LoRA adapter; off: full fine-tune")
+    lora_r: int = Field(16, ge=1, le=1024, description="LoRA rank")
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r)")
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    learning_rate: float = Field(2e-4, gt=0.0, le=1.0)
+    epochs: int = Field(1, ge=1, le=100)
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (the schedule spans them)")
+    batch_size: int = Field(4, ge=1, description="Examples (SFT) or pairs (DPO) per micro-batch")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step")
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0, description="Share of optimizer steps spent warming up")
+    scheduler: Literal["cosine", "linear"] = Field("cosine", description="Decay after warm-up")
+    max_grad_norm: float = Field(1.0, ge=0.0, description="Clip the global gradient norm to this (0: no clipping)")
+    optimizer_in_backward: bool = Field(
+        False, description="Step each parameter inside backward: no whole gradient held (needs max_grad_norm=0)")
+    max_length: int = Field(512, ge=16, description="Prompt + answer tokens")
+    gradient_checkpointing: bool = Field(True, description="Recompute layer activations in backward (TRL's default)")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on a GPU that has it, else fp32")
+    eval_steps: int = Field(0, ge=0, description="Evaluate every N optimizer steps (0: only at the end)")
+    save_steps: int = Field(0, ge=0, description="Checkpoint every N optimizer steps for resume (0: never)")
+    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept")
+    seed: int = Field(0, ge=0)
 
     def __post_init__(self):
-        if self.learning_rate <= 0 or self.epochs < 1 or self.batch_size < 1 or self.grad_accum < 1:
-            raise ValueError("learning_rate must be > 0 and epochs, batch_size, grad_accum >= 1")
-        if self.scheduler not in {"cosine", "linear"}:
-            raise ValueError(f"scheduler must be 'cosine' or 'linear', got {self.scheduler!r}")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.precision not in {"auto", "fp32", "bf16"}:
-            raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}")
         if self.optimizer_in_backward and (self.max_grad_norm or self.grad_accum > 1):
             raise ValueError("optimizer_in_backward updates each parameter as soon as its gradient is ready, so it "
                              "cannot clip by the global norm or accumulate: set max_grad_norm=0 and grad_accum=1")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1 or None, got {self.max_steps}")
 
 
 @dataclass

@@ -40,7 +40,9 @@ def dpo_task(
         log_step_metrics(out / "metrics.jsonl")
         mlflow.log_metric("train_pairs", result["metrics"]["train_pairs"])
         model_uri = log_trained_model(result["model_path"], result["adapter_path"])
+        eval_pairs = out / "eval_pairs.jsonl"
+        if eval_pairs.exists():
+            mlflow.log_artifact(str(eval_pairs))
         publish(STAGE, run_id, experiment_id(), markdown_table(result["metrics"]) + f"\n\nModel: `{model_uri}`")
-    eval_pairs = out / "eval_pairs.jsonl"
     return ModelRef(model_path=result["model_path"], digest=result["digest"], run_id=run_id, model_uri=model_uri,
                     eval_pairs_path=str(eval_pairs) if eval_pairs.exists() else None)

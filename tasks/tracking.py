@@ -106,4 +106,5 @@ def log_trained_model(model_path: str, adapter_path: str | None) -> str:
     )
     if adapter_path:
         mlflow.log_artifacts(adapter_path, "adapter")
+    mlflow.set_tag("model_uri", info.model_uri)  # how a later flow finds this run's model (tasks.lineage)
     return info.model_uri

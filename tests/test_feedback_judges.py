@@ -10,7 +10,7 @@ from dpo_core.data.io import read_jsonl, write_jsonl
 from dpo_core.feedback import FeedbackConfig, collect_feedback
 from dpo_core.generation import SamplingConfig, generate
 from dpo_core.item_cache import ItemCache, item_key
-from dpo_core.judges.backends import LocalChat
+from dpo_core.judges.backends import ClientOptions, LocalChat
 from dpo_core.judges.pairwise import PairwiseJudge
 from dpo_core.judges.reward_model import RewardModelJudge
 from dpo_core.judges.rubric import RubricJudge, judge_prompt, parse_ratings
@@ -149,3 +149,15 @@ def test_rubric_verdict_averages_aspects_into_zero_to_one():
     assert verdict.scores == [pytest.approx(0.75), 0.0]
     assert verdict.details[0] == {"ratings": {"helpfulness": 5, "honesty": 3},
                                   "rationale": "helpfulness: clear | honesty: hedged"}
+
+
+def test_generator_specs():
+    from dpo_core.generators import LocalGenerator, OpenAIGenerator, make_generator
+
+    options = ClientOptions()
+    assert make_generator("embedded:smollm2-135m-instruct", options).name == "embedded:smollm2-135m-instruct"
+    assert isinstance(make_generator("local:/models/a", options), LocalGenerator)
+    assert make_generator("local:/models/a", options).name == "/models/a"
+    assert isinstance(make_generator("openai:http://127.0.0.1:8000/v1|m", options), OpenAIGenerator)
+    with pytest.raises(ValueError, match="openai:<base_url>"):
+        make_generator("openai:http://x", options)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -100,6 +101,8 @@ LOSSES: dict[str, Callable[[PairLogps, LossSettings], torch.Tensor]] = {
     "sigmoid": sigmoid, "cdpo": cdpo, "robust": robust, "ipo": ipo, "ipo_sum": ipo_sum,
     "hinge": hinge, "sigmoid_norm": sigmoid_norm, "simpo": simpo, "sft": sft,
 }
+LossName = Literal["sigmoid", "cdpo", "robust", "ipo", "ipo_sum", "hinge", "sigmoid_norm", "simpo", "sft"]
+assert set(get_args(LossName)) == set(LOSSES)  # the config's choices are exactly the losses above
 REFERENCE_FREE = {"simpo", "sft"}
 
 

@@ -14,49 +14,41 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from pydantic import Field
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from dpo_core.batching import Batch, answer_token_logps, collate, to_device
 from dpo_core.chat import encode
 from dpo_core.data.io import read_jsonl, write_jsonl
-from dpo_core.dpo.losses import LOSSES, REFERENCE_FREE, LossSettings, PairLogps, combined_loss
+from dpo_core.dpo.losses import REFERENCE_FREE, LossName, LossSettings, PairLogps, combined_loss
 from dpo_core.dpo.reference import cache_path, compute_reference_logps, load_or_compute, pair_logps, reference_key
 from dpo_core.models import cache_dir, load_model, load_tokenizer, model_fingerprint, resolve_model
 from dpo_core.records import PreferencePair
 from dpo_core.training import TrainConfig, TrainResult, device, fit, prepare_for_training, save_trained
 
 
-@dataclass
+@pydantic_dataclass
 class DPOConfig(TrainConfig):
     """The model passed to ``train_dpo`` is both the starting policy and the reference."""
 
-    beta: float = 0.1  # strength of the KL anchor to the reference (DPO paper's beta)
-    loss_type: list[str] = field(default_factory=lambda: ["sigmoid"])  # one or more of dpo_core.dpo.losses.LOSSES
-    loss_weights: list[float] | None = None  # one weight per loss type (default: all 1.0)
-    label_smoothing: float = 0.0  # cdpo / robust: assumed share of flipped preference labels
-    simpo_gamma: float = 0.5  # simpo: target reward margin
-    precompute_reference: bool = True  # reference log-probs once before training (cached on disk) vs every step
-    share_prefix: bool = True  # run each pair's prompt once for both answers
-    eval_fraction: float = 0.0  # share of pairs held out for eval_ metrics
+    beta: float = Field(0.1, gt=0.0, le=10.0, description="Strength of the KL anchor to the reference (DPO's beta)")
+    loss_type: list[LossName] = Field(default_factory=lambda: ["sigmoid"], min_length=1,
+                                      description="One or more losses, summed with loss_weights")
+    loss_weights: list[float] | None = Field(None, description="One weight per loss type (default: all 1.0)")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="cdpo / robust: assumed share of flipped labels")
+    simpo_gamma: float = Field(0.5, ge=0.0, description="simpo: target reward margin")
+    precompute_reference: bool = Field(True, description="Reference log-probs once before training, cached on disk")
+    share_prefix: bool = Field(True, description="Run each pair's prompt once for both answers")
+    eval_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="Share of pairs held out for eval_ metrics")
 
     def __post_init__(self):
         super().__post_init__()
-        if isinstance(self.loss_type, str):
-            self.loss_type = [self.loss_type]
-        unknown = [t for t in self.loss_type if t not in LOSSES]
-        if unknown or not self.loss_type:
-            raise ValueError(f"loss_type {unknown or self.loss_type} not in {sorted(LOSSES)}")
         if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
             raise ValueError(f"loss_weights has {len(self.loss_weights)} entries for {len(self.loss_type)} loss types")
-        if self.beta <= 0:
-            raise ValueError(f"beta must be > 0, got {self.beta}")
-        if not 0.0 <= self.label_smoothing < 0.5:
-            raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
-        if not 0.0 <= self.eval_fraction < 1.0:
-            raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
 
     @property
     def weights(self) -> list[float]:

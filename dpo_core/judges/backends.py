@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+
+from pydantic import Field
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from dpo_core.generation import SamplingConfig, generate
 from dpo_core.models import load_model, load_tokenizer, resolve_model
@@ -47,16 +49,15 @@ class LocalChat:
         return _collect(self, conversations, max_new_tokens)
 
 
-@dataclass
+@pydantic_dataclass
 class ClientOptions:
     """How hard to push an OpenAI-compatible server."""
 
-    api_key_env: str = "OPENAI_API_KEY"  # name of the variable holding the key (may be unset for local servers)
-    timeout_s: float = 60.0
-    max_retries: int = 4
-    concurrency: int = 8
-    requests_per_s: float | None = None
-
+    api_key_env: str = Field("OPENAI_API_KEY", description="Variable holding the API key (unset: no key)")
+    timeout_s: float = Field(60.0, gt=0.0, description="Per request")
+    max_retries: int = Field(4, ge=0, le=20, description="Retries of a request that failed transiently")
+    concurrency: int = Field(8, ge=1, le=1024, description="Requests in flight at once")
+    requests_per_s: float | None = Field(None, gt=0.0, description="Rate limit (none by default)")
 
 class OpenAIChat:
     """Greedy (temperature 0) answers from an OpenAI-compatible server."""

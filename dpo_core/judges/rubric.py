@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Literal, get_args
 
 from dpo_core.digest import digest_json
 from dpo_core.judges.asking import ask_until_parsed
@@ -57,6 +58,8 @@ RUBRICS = {
         "good is the text?", ["Very poor", "Poor", "Acceptable", "Good", "Excellent"]),
 }
 ULTRAFEEDBACK_ASPECTS = ["instruction_following", "honesty", "truthfulness", "helpfulness"]
+Aspect = Literal["instruction_following", "honesty", "truthfulness", "helpfulness", "overall"]
+assert set(get_args(Aspect)) == set(RUBRICS)
 
 _HEADER = re.compile(r"^#+\s*Output for Text\s+(\d+)\s*$", re.IGNORECASE | re.MULTILINE)
 _RATING = re.compile(r"^\**\s*Rating\s*\**\s*:\s*\**\s*(\S+?)\**\s*$", re.IGNORECASE | re.MULTILINE)
