@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from prefect import flow
-from prefect.runtime import flow_run
 
 from dpo_core.build_dataset import BuildConfig
 from dpo_core.dpo.trainer import DPOConfig
@@ -26,7 +25,7 @@ from tasks.feedback import collect_feedback_task
 from tasks.promote import promote_task
 from tasks.results import EvalReport, PromotionDecision
 from tasks.sft import sft_task
-from tasks.tracking import close_parent_run, open_parent_run
+from tasks.tracking import flow_parent_run
 
 
 @flow(name="dpo-lifecycle")
@@ -42,13 +41,22 @@ def lifecycle(
     api_key_secret: str | None = None,
 ) -> tuple[EvalReport, PromotionDecision]:
     """Build dataset -> collect feedback -> SFT -> DPO -> evaluate (with the registry's champion,
-    if any) -> promote the DPO model only if it wins. ``model``: the base model, a local folder or
-    hub id (default: the embedded SmolLM2-135M-Instruct). ``api_key_secret``: the name of a Prefect
-    Secret block with the API key of the feedback stage's OpenAI-compatible endpoints."""
+    if any) -> promote the DPO model only if it wins.
+
+    Args:
+        model: The base model: a local folder, a hub id, or the embedded SmolLM2-135M-Instruct.
+        data: Where the prompts come from and how they are cleaned and split.
+        feedback: Candidate sampling, the judge and binarization.
+        sft: Supervised fine-tuning on the best candidates.
+        dpo: Direct preference optimisation on the pairs, from the SFT model.
+        evaluation: Held-out evaluation of base, SFT, DPO and the champion.
+        gate: When the DPO model replaces the champion.
+        stage_timeout_s: Kill a stage's process group after this many seconds.
+        api_key_secret: A Prefect Secret block holding the API key of OpenAI-compatible endpoints.
+    """
     params = {"model": model, "data": asdict(data), "feedback": asdict(feedback), "sft": asdict(sft),
               "dpo": asdict(dpo), "evaluation": asdict(evaluation), "gate": asdict(gate)}
-    parent = open_parent_run(str(flow_run.get_id()), flow_run.get_name() or "lifecycle", params)
-    try:
+    with flow_parent_run(params) as parent:
         dataset = build_dataset_task(data, source_digest(data), parent)
         pairs = collect_feedback_task(feedback, model, dataset, parent, stage_timeout_s, api_key_secret)
         sft_model = sft_task(sft, model, dataset, pairs, parent, stage_timeout_s)
@@ -57,10 +65,6 @@ def lifecycle(
         report = evaluate_task(evaluation, model, sft_model, dpo_model, champion, dataset, dpo.beta, parent,
                                stage_timeout_s)
         decision = promote_task(gate, dpo_model, report, parent)
-    except BaseException:
-        close_parent_run(parent, "FAILED")
-        raise
-    close_parent_run(parent, "FINISHED")
     return report, decision
 
 

@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from prefect import task
 
 from dpo_core.digest import digest_files
+from dpo_core.models import model_fingerprint, resolve_model
 from tasks.results import DatasetRef, FeedbackRef, ModelRef
 from tasks.settings import home, tracking_uri
 
@@ -42,11 +43,11 @@ def feedback_ref(source: str) -> FeedbackRef:
 
 @task(name="resolve-model")
 def model_ref(source: str, stage: str) -> ModelRef:
-    """A trained model from an ``stage`` (sft or dpo) run, or a model folder."""
+    """A trained model from a ``stage`` (sft or dpo) run, or any model reference (a folder, a hub
+    id, the embedded default)."""
     if not _RUN_ID.match(source):
-        folder = _need(Path(source), "config.json").parent
-        return ModelRef(model_path=str(folder), run_id="", model_uri="",
-                        digest=digest_files(sorted(folder.glob("*.safetensors"))))
+        path = resolve_model(source)
+        return ModelRef(model_path=path, run_id="", model_uri="", digest=model_fingerprint(path))
     run = _stage_run(source, stage)
     model_uri = run.data.tags.get("model_uri")
     if not model_uri:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import mlflow
 from mlflow.tracking import MlflowClient
+from prefect.exceptions import ExternalSignal
+from prefect.runtime import flow_run
 
 from tasks.settings import home, tracking_uri
 
@@ -48,6 +50,24 @@ def close_parent_run(run_id: str, status: str) -> None:
 
 
 @contextmanager
+def flow_parent_run(params: dict) -> Iterator[str]:
+    """The MLflow parent run of the current Prefect flow run (reused when the flow run is retried),
+    ended FINISHED, FAILED, or KILLED when the run is cancelled."""
+    parent = open_parent_run(str(flow_run.get_id()), flow_run.get_name() or flow_run.get_flow_name(), params)
+    try:
+        yield parent
+    except BaseException as exc:
+        close_parent_run(parent, ended_status(exc))
+        raise
+    close_parent_run(parent, "FINISHED")
+
+
+def ended_status(exc: BaseException) -> str:
+    """KILLED for a cancellation (Prefect's termination signal, Ctrl-C), FAILED otherwise."""
+    return "KILLED" if isinstance(exc, (ExternalSignal, KeyboardInterrupt, SystemExit)) else "FAILED"
+
+
+@contextmanager
 def stage_run(stage: str, parent_run_id: str, params: dict) -> Iterator[str]:
     """Child run of ``parent_run_id``; ends FAILED on an exception, KILLED on cancellation."""
     mlflow.set_tracking_uri(tracking_uri())
@@ -56,11 +76,8 @@ def stage_run(stage: str, parent_run_id: str, params: dict) -> Iterator[str]:
     try:
         mlflow.log_params(flatten(params))
         yield run.info.run_id
-    except (KeyboardInterrupt, SystemExit):
-        mlflow.end_run("KILLED")
-        raise
-    except BaseException:
-        mlflow.end_run("FAILED")
+    except BaseException as exc:
+        mlflow.end_run(ended_status(exc))
         raise
     mlflow.end_run("FINISHED")
 

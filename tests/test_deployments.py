@@ -1,0 +1,177 @@
+"""The deployments the way a team meets them: ``python -m deployments.stack`` starts a real Prefect
+server, MLflow server and worker on loopback; runs go through the worker; a data event creates a
+retraining run; a cancelled training run loses its child process and its MLflow runs end KILLED."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from mlflow.tracking import MlflowClient
+
+from dpo_core.data.io import read_jsonl, write_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "tests" / "data"
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalStack:
+    """``python -m deployments.stack`` in a subprocess, and small clients for its two servers."""
+
+    def __init__(self, home: Path):
+        self.prefect_port, self.mlflow_port = _free_port(), _free_port()
+        self.prefect = f"http://127.0.0.1:{self.prefect_port}"
+        self.mlflow = f"http://127.0.0.1:{self.mlflow_port}"
+        env = os.environ | {"DPO_HOME": str(home), "PREFECT_HOME": str(home / "prefect"),
+                            "PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_WORKER_PREFETCH_SECONDS": "2"}
+        env.pop("PREFECT_API_URL", None)
+        self.log = (home / "stack.log").open("w")
+        home.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "deployments.stack", "--prefect-port", str(self.prefect_port),
+             "--mlflow-port", str(self.mlflow_port), "--mlflow-store", f"sqlite:///{home / 'mlflow.db'}"],
+            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.env = env | {"PREFECT_API_URL": f"{self.prefect}/api"}
+        deadline = time.monotonic() + 240
+        while "Prefect UI:" not in (home / "stack.log").read_text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("stack did not start:\n" + (home / "stack.log").read_text()[-3000:])
+            time.sleep(1)
+
+    def api(self, method: str, path: str, **kwargs):
+        response = httpx.request(method, f"{self.prefect}/api{path}", timeout=30, **kwargs)
+        response.raise_for_status()
+        return response.json()
+
+    def run_deployment(self, flow: str, deployment: str, parameters: dict) -> str:
+        dep = self.api("GET", f"/deployments/name/{flow}/{deployment}")
+        return self.api("POST", f"/deployments/{dep['id']}/create_flow_run", json={"parameters": parameters})["id"]
+
+    def state(self, flow_run_id: str) -> str:
+        return self.api("GET", f"/flow_runs/{flow_run_id}")["state"]["type"]
+
+    def wait(self, flow_run_id: str, until: set[str], timeout_s: float) -> str:
+        deadline = time.monotonic() + timeout_s
+        while (state := self.state(flow_run_id)) not in until:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"flow run {flow_run_id} still {state} after {timeout_s}s")
+            time.sleep(1)
+        return state
+
+    def runs_of(self, flow: str, deployment: str) -> list[dict]:
+        dep = self.api("GET", f"/deployments/name/{flow}/{deployment}")
+        return self.api("POST", "/flow_runs/filter", json={"deployments": {"id": {"any_": [dep["id"]]}}})
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=60)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    s = LocalStack(tmp_path_factory.mktemp("stack"))
+    yield s
+    s.stop()
+    assert s.proc.returncode == 0
+    for port in (s.prefect_port, s.mlflow_port):  # everything it started is gone
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _mlflow_runs(stack: LocalStack, flow_run_id: str) -> tuple[object, list]:
+    client = MlflowClient(stack.mlflow)
+    exp = client.get_experiment_by_name("dpo-lifecycle")
+    (parent,) = client.search_runs([exp.experiment_id], f"tags.`prefect.flow_run_id` = '{flow_run_id}'")
+    children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    return parent, children
+
+
+def test_a_deployment_runs_through_the_worker_and_logs_to_the_mlflow_server(stack):
+    params = {"data": {"source": str(DATA / "prompts.jsonl"), "eval_source": str(DATA / "eval_prompts.jsonl")}}
+    flow_run = stack.run_deployment("build-dataset", "build-dataset", params)
+    assert stack.wait(flow_run, TERMINAL, 240) == "COMPLETED"
+    parent, children = _mlflow_runs(stack, flow_run)
+    assert parent.info.status == "FINISHED"
+    assert [(c.data.tags["stage"], c.info.status) for c in children] == [("build-dataset", "FINISHED")]
+    assert children[0].data.metrics["rows/train"] > 0
+
+
+def test_bad_parameters_are_refused_before_any_work(stack):
+    with pytest.raises(httpx.HTTPStatusError) as refused:
+        stack.run_deployment("dpo", "dpo", {"model": "x", "feedback": "y", "dpo": {"beta": -1}})
+    assert refused.value.response.status_code == 409 and "beta" in refused.value.response.text
+
+
+def test_new_data_starts_a_retraining_run(stack, tmp_path):
+    landed = write_jsonl(tmp_path / "new-prompts.jsonl", read_jsonl(DATA / "prompts.jsonl"))
+    before = {r["id"] for r in stack.runs_of("dpo-lifecycle", "cpu-demo")}
+    subprocess.run([sys.executable, "-m", "deployments.data_events", "emit", str(landed)], cwd=ROOT, env=stack.env,
+                   check=True, capture_output=True)
+    deadline = time.monotonic() + 60
+    while not (new := [r for r in stack.runs_of("dpo-lifecycle", "cpu-demo") if r["id"] not in before]):
+        assert time.monotonic() < deadline, "no run was triggered by the data event"
+        time.sleep(1)
+    (run,) = new
+    assert run["parameters"]["data"]["source"] == str(landed)
+    # a real retraining of SmolLM2 is the demo's job, not this test's: stop it here
+    stack.api("POST", f"/flow_runs/{run['id']}/set_state", json={"state": {"type": "CANCELLING"}, "force": True})
+    stack.wait(run["id"], TERMINAL, 120)
+
+
+def _stage_children(name: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if "dpo_core" in cmd and name in cmd:
+            found.append(proc)
+    return found
+
+
+def test_cancelling_a_training_run_kills_its_process_group_and_marks_mlflow_killed(stack, tiny_model, tmp_path):
+    pairs = [{"prompt_id": f"p{i}", "prompt": [{"role": "user", "content": f"Say a word about {i}."}],
+              "chosen": [{"role": "assistant", "content": f"calm words about {i}"}],
+              "rejected": [{"role": "assistant", "content": f"LOUD WORDS {i}"}],
+              "score_chosen": 1.0, "score_rejected": 0.0} for i in range(16)]
+    feedback = tmp_path / "feedback"
+    write_jsonl(feedback / "pairs.jsonl", pairs)
+    write_jsonl(feedback / "candidates.jsonl", [])
+    params = {"model": tiny_model, "feedback": str(feedback),
+              "dpo": {"lora": False, "epochs": 100, "batch_size": 1, "learning_rate": 1e-4}}
+    flow_run = stack.run_deployment("dpo", "dpo", params)
+    deadline = time.monotonic() + 240
+    while not (children := _stage_children("dpo")):
+        assert time.monotonic() < deadline and stack.state(flow_run) not in TERMINAL, stack.state(flow_run)
+        time.sleep(0.5)
+    while not _logged_steps(stack):  # cancel mid-training, once it has taken a step
+        assert time.monotonic() < deadline, "training never took a step"
+        time.sleep(0.5)
+    stack.api("POST", f"/flow_runs/{flow_run}/set_state", json={"state": {"type": "CANCELLING"}})
+    assert stack.wait(flow_run, TERMINAL, 120) == "CANCELLED"
+    gone, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, [p.pid for p in alive]
+    parent, stages = _mlflow_runs(stack, flow_run)
+    assert [(c.data.tags["stage"], c.info.status) for c in stages] == [("dpo", "KILLED")]
+    assert parent.info.status == "KILLED"
+    assert 0 < len(_logged_steps(stack)) < 1600  # it was stopped mid-training
+
+
+def _logged_steps(stack: LocalStack) -> list[dict]:
+    logs = list((Path(stack.env["DPO_HOME"]) / "stages" / "dpo").glob("*/metrics.jsonl"))
+    return [json.loads(line) for line in logs[0].read_text().splitlines()] if logs else []
