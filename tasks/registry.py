@@ -37,7 +37,9 @@ def register_challenger(name: str, model_uri: str, run_id: str) -> str:
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, description="DPO policies; aliases: challenger, champion")
-    version = client.create_model_version(name, model_uri, run_id=run_id).version
+    # a logged model (models:/m-...) must be named by id too: a tracking server refuses the bare URI
+    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+    version = client.create_model_version(name, model_uri, run_id=run_id, model_id=model_id).version
     client.set_registered_model_alias(name, CHALLENGER, version)
     return str(version)
 

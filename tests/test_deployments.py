@@ -175,3 +175,91 @@ def test_cancelling_a_training_run_kills_its_process_group_and_marks_mlflow_kill
 def _logged_steps(stack: LocalStack) -> list[dict]:
     logs = list((Path(stack.env["DPO_HOME"]) / "stages" / "dpo").glob("*/metrics.jsonl"))
     return [json.loads(line) for line in logs[0].read_text().splitlines()] if logs else []
+
+
+ARTIFACTS = Path(os.environ.get("DPO_TEST_ARTIFACTS", ROOT / "test-artifacts"))
+
+
+@pytest.fixture()
+def browser():
+    """Debian's headless Chromium through its chromedriver (installed by .ci/run; never downloaded)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1400,1000"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    yield driver
+    driver.save_screenshot(str(ARTIFACTS / "last-page.png"))  # where the test ended, passed or not
+    driver.quit()
+
+
+def _field(driver, label: str, tag: str):
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.XPATH, f"//label[normalize-space(.)='{label}']/following::{tag}[1]")
+
+
+def _type(element, text: str) -> None:
+    from selenium.webdriver.common.keys import Keys
+
+    element.send_keys(Keys.CONTROL, "a")
+    element.send_keys(Keys.DELETE)
+    element.send_keys(text)
+
+
+def _wait_for(condition, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(1)
+    return value
+
+
+def test_browser_runs_the_lifecycle_from_the_prefect_form_and_finds_it_in_mlflow(stack, browser, tiny_model):
+    from selenium.webdriver.common.by import By
+
+    deployment = stack.api("GET", "/deployments/name/dpo-lifecycle/cpu-demo")
+    browser.get(f"{stack.prefect}/deployments/deployment/{deployment['id']}")
+    _wait_for(lambda: "cpu-demo" in browser.page_source, 60, "the deployment page")
+    browser.save_screenshot(str(ARTIFACTS / "prefect-deployment.png"))
+
+    browser.get(f"{stack.prefect}/deployments/deployment/{deployment['id']}/run")
+    _wait_for(lambda: browser.find_elements(By.XPATH, "//label[normalize-space(.)='Min Score (Optional)']"), 60,
+              "the parameter form")
+    _type(_field(browser, "model (Optional)", "textarea"), tiny_model)
+    _type(_field(browser, "Source (Optional)", "textarea"), str(DATA / "prompts.jsonl"))
+    _type(_field(browser, "Min Score (Optional)", "input"), "0")  # a random tiny model rarely follows every instruction
+    browser.save_screenshot(str(ARTIFACTS / "prefect-run-form.png"))
+    before = {r["id"] for r in stack.runs_of("dpo-lifecycle", "cpu-demo")}
+    submit = browser.find_element(By.XPATH, "//button[@type='submit'][normalize-space(.)='Submit']")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", submit)
+    submit.click()
+    try:
+        (run,) = _wait_for(lambda: [r for r in stack.runs_of("dpo-lifecycle", "cpu-demo") if r["id"] not in before],
+                           60, "the flow run submitted from the form")
+    finally:
+        browser.save_screenshot(str(ARTIFACTS / "prefect-after-submit.png"))
+    flow_run_id = run["id"]
+    browser.get(f"{stack.prefect}/runs/flow-run/{flow_run_id}")
+    assert run["parameters"]["model"] == tiny_model and run["parameters"]["sft"]["min_score"] == 0
+    assert stack.wait(flow_run_id, TERMINAL, 600) == "COMPLETED"
+    browser.refresh()
+    _wait_for(lambda: "Completed" in browser.page_source, 60, "the run page to show Completed")
+    browser.save_screenshot(str(ARTIFACTS / "prefect-flow-run-completed.png"))
+
+    parent, children = _mlflow_runs(stack, flow_run_id)
+    assert {c.data.tags["stage"] for c in children} >= {"build-dataset", "collect-feedback", "sft", "dpo", "evaluate"}
+    browser.get(f"{stack.mlflow}/#/experiments/{parent.info.experiment_id}/runs")
+    _wait_for(lambda: parent.info.run_name in browser.page_source, 120, "the lifecycle run in MLflow's run list")
+    browser.save_screenshot(str(ARTIFACTS / "mlflow-experiment.png"))
+    dpo_run = next(c for c in children if c.data.tags["stage"] == "dpo")
+    browser.get(f"{stack.mlflow}/#/experiments/{parent.info.experiment_id}/runs/{dpo_run.info.run_id}/model-metrics")
+    _wait_for(lambda: "eval_logps" in browser.page_source and "eval_logits" in browser.page_source, 120,
+              "the DPO run's metric charts (TRL's names) in MLflow")
+    browser.save_screenshot(str(ARTIFACTS / "mlflow-dpo-metrics.png"))
