@@ -146,3 +146,34 @@ def test_changed_feedback_params_rerun_feedback_and_later_stages(first_run, tiny
     client = MlflowClient(tracking_uri())
     latest = _parent_runs(client)[-1]
     assert sorted(_child_runs(client, latest.info.run_id)) == sorted(STAGES[1:])
+
+
+def test_stage_flows_start_from_earlier_runs(first_run, tiny_model, tmp_path):
+    """Re-run only DPO with a new beta from the first lifecycle's run ids, then evaluate that model
+    from run ids too; and start the feedback flow from a folder."""
+    from flows.collect_feedback import collect_feedback_flow
+    from flows.dpo import dpo_flow
+    from flows.evaluate import evaluate_flow
+
+    client = MlflowClient(tracking_uri())
+    lifecycle_run = _parent_runs(client)[0]
+    children = _child_runs(client, lifecycle_run.info.run_id)
+    sft_run, feedback_run = children["sft"][0].info.run_id, children["collect-feedback"][0].info.run_id
+
+    model = dpo_flow(model=sft_run, feedback=lifecycle_run.info.run_id,  # a lifecycle run id finds its stage
+                     dpo=DPOConfig(epochs=1, beta=0.3, eval_fraction=0.34))
+    dpo_run = client.get_run(model.run_id)
+    assert dpo_run.data.tags["stage"] == "dpo" and dpo_run.data.params["beta"] == "0.3"
+    assert dpo_run.data.tags["model_uri"] == model.model_uri and Path(model.model_path, "config.json").exists()
+
+    report, decision = evaluate_flow(dataset=lifecycle_run.info.run_id, sft=sft_run, dpo=model.run_id,
+                                     base_model=tiny_model, dpo_beta=0.3,
+                                     evaluation=EvalConfig(max_new_tokens=8), gate=GateConfig(registered_model="tiny-dpo"))
+    assert set(report.scores) >= {"base", "sft", "dpo"} and decision.registered_model == "tiny-dpo"
+
+    folder = Path(client.get_run(children["build-dataset"][0].info.run_id).info.artifact_uri.removeprefix("file://"))
+    pairs = collect_feedback_flow(dataset=str(folder / "dataset"), model=tiny_model,
+                                  feedback=FeedbackConfig(sampling=SamplingConfig(num_samples=2, max_new_tokens=8)))
+    assert pairs.run_id != feedback_run and Path(pairs.candidates_path).exists()
+    with pytest.raises(ValueError, match="neither a sft run nor a lifecycle run"):
+        dpo_flow(model=feedback_run, feedback=feedback_run)  # a feedback run is no sft run
