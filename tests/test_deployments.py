@@ -39,6 +39,8 @@ class LocalStack:
         self.prefect = f"http://127.0.0.1:{self.prefect_port}"
         self.mlflow = f"http://127.0.0.1:{self.mlflow_port}"
         env = os.environ | {"DPO_HOME": str(home), "PREFECT_HOME": str(home / "prefect"),
+                            # its own result store: the rest of the suite must not see its cached stages
+                            "PREFECT_LOCAL_STORAGE_PATH": str(home / "prefect-results"),
                             "PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_WORKER_PREFETCH_SECONDS": "2"}
         env.pop("PREFECT_API_URL", None)
         self.log = (home / "stack.log").open("w")
@@ -263,3 +265,27 @@ def test_browser_runs_the_lifecycle_from_the_prefect_form_and_finds_it_in_mlflow
     _wait_for(lambda: "eval_logps" in browser.page_source and "eval_logits" in browser.page_source, 120,
               "the DPO run's metric charts (TRL's names) in MLflow")
     browser.save_screenshot(str(ARTIFACTS / "mlflow-dpo-metrics.png"))
+
+
+def test_a_watched_folder_turns_a_new_data_file_into_a_retraining_run(stack, tmp_path):
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    watcher = subprocess.Popen([sys.executable, "-m", "deployments.data_events", "watch", str(incoming), "--poll-s", "0.5"],
+                               cwd=ROOT, env=stack.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(3)  # the watcher has taken stock of the (empty) folder
+        before = {r["id"] for r in stack.runs_of("dpo-lifecycle", "cpu-demo")}
+        landed = write_jsonl(incoming / "batch-2.jsonl", read_jsonl(DATA / "prompts.jsonl"))
+        deadline = time.monotonic() + 120
+        while not (new := [r for r in stack.runs_of("dpo-lifecycle", "cpu-demo") if r["id"] not in before]):
+            if time.monotonic() > deadline:
+                watcher.terminate()
+                pytest.fail(f"the watcher's event started no run; watcher said: {watcher.communicate(timeout=10)[0]}")
+            time.sleep(1)
+        (run,) = new
+        assert run["parameters"]["data"]["source"] == str(landed.resolve())
+        stack.api("POST", f"/flow_runs/{run['id']}/set_state", json={"state": {"type": "CANCELLING"}, "force": True})
+        stack.wait(run["id"], TERMINAL, 120)
+    finally:
+        watcher.terminate()
+        watcher.wait(timeout=10)

@@ -191,3 +191,17 @@ def test_a_prefect_secret_block_reaches_the_stage_as_its_key_variable(prefect_se
     cfg = FeedbackConfig(client=ClientOptions(api_key_env="JUDGE_KEY"))
     assert _secret_env(cfg, "endpoint-key") == {"JUDGE_KEY": "sk-from-block"}
     assert _secret_env(cfg, None) is None
+
+
+def test_the_rate_limit_spaces_request_starts(server):
+    from dpo_core.openai_client import OpenAIClient, Reply
+
+    url, log_path = server()
+    client = OpenAIClient(url, "tiny", concurrency=8, requests_per_s=4.0)
+    done = {}
+    started = time.monotonic()
+    client.run([{"messages": [{"role": "user", "content": f"hi {i}"}], "max_tokens": 2} for i in range(6)],
+               done.__setitem__)
+    assert time.monotonic() - started >= 5 / 4.0  # 6 starts, 0.25 s apart
+    assert len(done) == 6 and all(isinstance(r, Reply) for r in done.values())
+    assert client.usage.requests == 6 and client.usage.completion_tokens > 0
