@@ -184,7 +184,7 @@ ARTIFACTS = Path(os.environ.get("DPO_TEST_ARTIFACTS", ROOT / "test-artifacts"))
 
 @pytest.fixture()
 def browser():
-    """Debian's headless Chromium through its chromedriver (installed by .ci/run; never downloaded)."""
+    """Debian's headless Chromium through its chromedriver (installed by `make test`; never downloaded)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
