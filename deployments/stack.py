@@ -4,8 +4,10 @@ them, and (with ``--watch``) a watcher that turns new data files into retraining
 
     python -m deployments.stack                                   # SQLite stores under outputs/
     python -m deployments.stack --watch incoming/
-    python -m deployments.stack --mlflow-store postgresql://mlflow:pw@db/mlflow \
+    python -m deployments.stack --mlflow-store postgresql+psycopg2://mlflow:pw@db/mlflow \
                                 --prefect-database postgresql+asyncpg://prefect:pw@db/prefect
+
+(PostgreSQL for MLflow needs ``pip install psycopg2-binary``; Prefect ships asyncpg.)
 
 It prints both UI addresses and runs until Ctrl-C (or SIGTERM), then stops every process it
 started. Runs started from the UI execute here, with MLflow on the tracking server.
@@ -52,8 +54,9 @@ class Stack:
         self._spawn([BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.prefect_port)])
         self._spawn([BIN / "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.mlflow_port), "--workers", "1",
                      "--backend-store-uri", self.mlflow_store, "--artifacts-destination", str(home() / "mlartifacts")])
-        _wait_healthy(f"{self.prefect_url}/api/health")
-        _wait_healthy(f"{self.mlflow_url}/health")
+        prefect_server, mlflow_server = self.procs
+        _wait_healthy(f"{self.prefect_url}/api/health", prefect_server)
+        _wait_healthy(f"{self.mlflow_url}/health", mlflow_server)
         self._run([BIN / "prefect", "work-pool", "create", POOL, "--type", "process", "--overwrite"])
         self._run([BIN / "prefect", "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml"])
         self._spawn([BIN / "prefect", "worker", "start", "--pool", POOL])
@@ -80,9 +83,11 @@ class Stack:
         subprocess.run([str(c) for c in cmd], cwd=ROOT, env=self.env, check=True, stdout=subprocess.DEVNULL)
 
 
-def _wait_healthy(url: str, timeout_s: float = 120) -> None:
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 120) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server for {url} exited with code {proc.returncode}: see its output above")
         try:
             if httpx.get(url, timeout=2).status_code == 200:
                 return

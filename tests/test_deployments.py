@@ -273,7 +273,7 @@ def test_a_watched_folder_turns_a_new_data_file_into_a_retraining_run(stack, tmp
     watcher = subprocess.Popen([sys.executable, "-m", "deployments.data_events", "watch", str(incoming), "--poll-s", "0.5"],
                                cwd=ROOT, env=stack.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        time.sleep(3)  # the watcher has taken stock of the (empty) folder
+        assert watcher.stdout.readline().startswith("watching")  # it has taken stock of the (empty) folder
         before = {r["id"] for r in stack.runs_of("dpo-lifecycle", "cpu-demo")}
         landed = write_jsonl(incoming / "batch-2.jsonl", read_jsonl(DATA / "prompts.jsonl"))
         deadline = time.monotonic() + 120
