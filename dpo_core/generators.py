@@ -11,14 +11,13 @@ Specs: ``local:<model ref>`` or ``openai:<base_url>|<model>``.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from dpo_core.generation import SamplingConfig, generate
-from dpo_core.judges.backends import ClientOptions
+from dpo_core.judges.backends import ClientOptions, make_client
 from dpo_core.models import load_model, load_tokenizer, resolve_model
-from dpo_core.openai_client import Failure, OpenAIClient, Usage
+from dpo_core.openai_client import Failure, Usage
 
 Request = tuple[list[dict], int]  # (chat, sample index k in 0..K-1)
 
@@ -66,9 +65,7 @@ class OpenAIGenerator:
     vLLM, then give the same sample again)."""
 
     def __init__(self, base_url: str, model: str, options: ClientOptions):
-        self.client = OpenAIClient(base_url, model, api_key=os.environ.get(options.api_key_env),
-                                   timeout_s=options.timeout_s, max_retries=options.max_retries,
-                                   concurrency=options.concurrency, requests_per_s=options.requests_per_s)
+        self.client = make_client(base_url, model, options)
         self.name, self.usage = self.client.name, self.client.usage
 
     def run(self, requests: list[Request], sampling: SamplingConfig, on_sample: Callable[[int, Sample | Failure], None]) -> None:

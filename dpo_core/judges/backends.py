@@ -59,14 +59,19 @@ class ClientOptions:
     concurrency: int = Field(8, ge=1, le=1024, description="Requests in flight at once")
     requests_per_s: float | None = Field(None, gt=0.0, description="Rate limit (none by default)")
 
+
+def make_client(base_url: str, model: str, options: ClientOptions) -> OpenAIClient:
+    """The client for one endpoint and model, its key read from ``options.api_key_env``."""
+    return OpenAIClient(base_url, model, api_key=os.environ.get(options.api_key_env), timeout_s=options.timeout_s,
+                        max_retries=options.max_retries, concurrency=options.concurrency,
+                        requests_per_s=options.requests_per_s)
+
+
 class OpenAIChat:
     """Greedy (temperature 0) answers from an OpenAI-compatible server."""
 
     def __init__(self, base_url: str, model: str, options: ClientOptions | None = None):
-        options = options or ClientOptions()
-        self.client = OpenAIClient(base_url, model, api_key=os.environ.get(options.api_key_env),
-                                   timeout_s=options.timeout_s, max_retries=options.max_retries,
-                                   concurrency=options.concurrency, requests_per_s=options.requests_per_s)
+        self.client = make_client(base_url, model, options or ClientOptions())
         self.name, self.usage = self.client.name, self.client.usage
 
     def __repr__(self) -> str:
