@@ -157,6 +157,7 @@ def _generate(generators, prompts, sampling, cache, progress, set_aside) -> dict
     cached samples are read back, the rest generated and stored one by one."""
     settings = asdict(sampling) | {"batch_size": None}  # batching changes no result worth a new key
     found: dict[tuple[str, str, int], tuple[str, int]] = {}
+    by_id = {p.id: p for p in prompts}
     for gen in generators:
         keys = {(p.id, k): item_key("sample", prompt=p.messages, model=gen.name, sampling=settings, k=k)
                 for p in prompts for k in range(sampling.num_samples)}
@@ -168,7 +169,6 @@ def _generate(generators, prompts, sampling, cache, progress, set_aside) -> dict
             else:
                 found[(gen.name, pid, k)] = (hit["text"], hit["n_tokens"])
         progress.step(len(keys) - len(missing))
-        by_id = {p.id: p for p in prompts}
 
         def on_sample(i, sample, gen=gen, missing=missing, keys=keys):
             pid, k = missing[i]
