@@ -3,6 +3,9 @@
 This is how the pipeline runs heavy stages in a child process: the job file holds the stage
 config and its input paths; the stage's result is written to ``OUT_DIR/result.json``.
 Progress is printed one line per batch or step so the parent can relay it.
+
+SFT and DPO also run data-parallel under a launcher, each process on its share of every step:
+``accelerate launch --multi_gpu --num_processes 8 -m dpo_core dpo JOB.json OUT_DIR``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 
 import transformers
 
+from dpo_core import distributed
 from dpo_core.dpo.trainer import DPOConfig, train_dpo
 from dpo_core.evaluate import EvalConfig, evaluate
 from dpo_core.feedback import FeedbackConfig, collect_feedback
@@ -52,8 +56,10 @@ def main(argv: list[str] | None = None) -> None:
     transformers.utils.logging.disable_progress_bar()  # one line per batch or step is enough in a run log
     args.out_dir.mkdir(parents=True, exist_ok=True)
     result = run_stage(args.stage, json.loads(args.job.read_text()), args.out_dir)
-    (args.out_dir / "result.json").write_text(json.dumps(asdict(result), indent=2))
-    print(f"{args.stage} finished: {args.out_dir / 'result.json'}", file=sys.stderr)
+    if distributed.is_main():  # under accelerate launch every process ran the stage; one reports
+        (args.out_dir / "result.json").write_text(json.dumps(asdict(result), indent=2))
+        print(f"{args.stage} finished: {args.out_dir / 'result.json'}", file=sys.stderr)
+    distributed.finish()
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from pydantic.dataclasses import dataclass as pydantic_dataclass
 from safetensors.torch import load_file, save_file
 from transformers import get_scheduler
 
+from dpo_core import distributed
 from dpo_core.digest import digest_files
 from dpo_core.optim import make_optimizer
 
@@ -44,7 +45,7 @@ class TrainConfig:
     learning_rate: float = Field(2e-4, gt=0.0, le=1.0)
     epochs: int = Field(1, ge=1, le=100)
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (the schedule spans them)")
-    batch_size: int = Field(4, ge=1, description="Examples (SFT) or pairs (DPO) per micro-batch")
+    batch_size: int = Field(4, ge=1, description="Examples (SFT) or pairs (DPO) per micro-batch, per process")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step")
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0, description="Share of optimizer steps spent warming up")
     scheduler: Literal["cosine", "linear"] = Field("cosine", description="Decay after warm-up")
@@ -58,11 +59,15 @@ class TrainConfig:
     save_steps: int = Field(0, ge=0, description="Checkpoint every N optimizer steps for resume (0: never)")
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept")
     seed: int = Field(0, ge=0)
+    num_processes: int = Field(1, ge=1, le=1024, description=(
+        "Data-parallel processes started by accelerate launch, one per GPU; each optimizer step "
+        "takes batch_size * grad_accum * num_processes examples"))
 
     def __post_init__(self):
-        if self.optimizer_in_backward and (self.max_grad_norm or self.grad_accum > 1):
+        if self.optimizer_in_backward and (self.max_grad_norm or self.grad_accum > 1 or self.num_processes > 1):
             raise ValueError("optimizer_in_backward updates each parameter as soon as its gradient is ready, so it "
-                             "cannot clip by the global norm or accumulate: set max_grad_norm=0 and grad_accum=1")
+                             "cannot clip by the global norm, accumulate, or sum gradients over processes: set "
+                             "max_grad_norm=0, grad_accum=1 and num_processes=1")
 
 
 @dataclass
@@ -82,7 +87,8 @@ def release_freed_memory() -> None:
 
 
 def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """This process's GPU (its local rank's, under a launcher), else the CPU."""
+    return distributed.state().device
 
 
 def prepare_for_training(model, cfg: TrainConfig):
@@ -126,37 +132,46 @@ def fit(
 ) -> dict:
     """Optimise ``step_loss`` (mean loss of a batch, and its metrics) over ``examples``.
 
-    Each optimizer step takes ``batch_size * grad_accum`` examples from a per-epoch permutation
-    seeded by ``seed + epoch``, so a resumed run sees exactly the data an uninterrupted one would.
+    Each optimizer step takes ``batch_size * grad_accum * processes`` examples from a per-epoch
+    permutation seeded by ``seed + epoch``, so a resumed run sees exactly the data an
+    uninterrupted one would. Each process trains on every ``processes``-th of them; the main
+    process alone writes metrics and checkpoints.
     """
     out_dir = Path(out_dir)
     params = [p for p in model.parameters() if p.requires_grad]
+    distributed.broadcast_parameters(params)
     optimizer = make_optimizer(params, cfg.learning_rate, cfg.max_grad_norm, cfg.optimizer_in_backward)
-    group = cfg.batch_size * cfg.grad_accum
+    group = cfg.batch_size * cfg.grad_accum * distributed.world_size()
     steps_per_epoch = math.ceil(len(examples) / group)
     total_steps = min(steps_per_epoch * cfg.epochs, cfg.max_steps or math.inf)
     scheduler = get_scheduler(cfg.scheduler, optimizer.lead, num_warmup_steps=round(cfg.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
     step = _resume(model, optimizer, scheduler, out_dir)
     metrics_path = out_dir / "metrics.jsonl"
-    _truncate_metrics(metrics_path, step)
+    if distributed.is_main():
+        _truncate_metrics(metrics_path, step)
     last: dict = {}
     started = time.perf_counter()
     model.train()
-    with metrics_path.open("a") as log, contextlib.closing(optimizer):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(contextlib.closing(optimizer))
+        log = stack.enter_context(metrics_path.open("a")) if distributed.is_main() else None
         while step < total_steps:
             epoch, index = divmod(step, steps_per_epoch)
             order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed + epoch)).tolist()
             chosen = [examples[i] for i in order[index * group : (index + 1) * group]]
+            mine = distributed.shard(chosen)
             sums: dict[str, float] = {}
-            for start in range(0, len(chosen), cfg.batch_size):
-                micro = chosen[start : start + cfg.batch_size]
-                weight = len(micro) / len(chosen)  # average over examples, not micro-batches
+            for start in range(0, len(mine), cfg.batch_size):
+                micro = mine[start : start + cfg.batch_size]
+                weight = len(micro) / len(chosen)  # average over the step's examples, not micro-batches
                 with autocast(cfg):
                     loss, metrics = step_loss(make_batch(micro))
                 (loss * weight).backward()
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + v * weight
+            sums = distributed.sum_values(sums)
+            distributed.sum_gradients(params)
             lr = scheduler.get_last_lr()[0]
             grad_norm = optimizer.step()
             scheduler.step()
@@ -165,49 +180,58 @@ def fit(
             last = sums | {"grad_norm": grad_norm, "learning_rate": lr, "epoch": step / steps_per_epoch}
             if eval_examples and ((cfg.eval_steps and step % cfg.eval_steps == 0) or step == total_steps):
                 last |= evaluate_loss(model, eval_examples, make_batch, step_loss, cfg)
-            log.write(json.dumps({"step": step} | last) + "\n")
-            log.flush()
             if cfg.save_steps and step % cfg.save_steps == 0 and step < total_steps:
                 _save_checkpoint(model, optimizer, scheduler, step, out_dir, cfg.save_total_limit)
-            if on_step:
-                on_step(step, total_steps, last)
+            if log is not None:
+                log.write(json.dumps({"step": step} | last) + "\n")
+                log.flush()
+                if on_step:
+                    on_step(step, total_steps, last)
     return last | {"train_runtime": time.perf_counter() - started}
 
 
 @torch.no_grad()
 def evaluate_loss(model, examples: Sequence, make_batch, step_loss, cfg: TrainConfig) -> dict[str, float]:
-    """``step_loss`` metrics averaged over ``examples``, prefixed ``eval_`` as TRL logs them."""
+    """``step_loss`` metrics averaged over ``examples`` (each process takes its share), prefixed
+    ``eval_`` as TRL logs them."""
     was_training = model.training
     model.eval()
     sums: dict[str, float] = {}
-    for start in range(0, len(examples), cfg.batch_size):
-        micro = list(examples[start : start + cfg.batch_size])
+    mine = distributed.shard(examples)
+    for start in range(0, len(mine), cfg.batch_size):
+        micro = mine[start : start + cfg.batch_size]
         with autocast(cfg):
             _, metrics = step_loss(make_batch(micro))
         for k, v in metrics.items():
             sums[k] = sums.get(k, 0.0) + v * len(micro) / len(examples)
     model.train(was_training)
-    return {f"eval_{k}": v for k, v in sums.items()}
+    return {f"eval_{k}": v for k, v in distributed.sum_values(sums).items()}
 
 
 def save_trained(model, tokenizer, cfg: TrainConfig, out_dir: Path, metrics: dict) -> TrainResult:
-    """Save the adapter (LoRA) and the merged full model, both as safetensors, with the config."""
+    """Save the adapter (LoRA) and the merged full model, both as safetensors, with the config
+    (the main process writes; every process returns the result)."""
     out_dir = Path(out_dir)
-    adapter_path = None
-    if cfg.lora:
-        adapter_path = out_dir / "adapter"
-        model.save_pretrained(adapter_path, safe_serialization=True)
-        model = model.merge_and_unload()
+    adapter_path = out_dir / "adapter" if cfg.lora else None
     model_path = out_dir / "model"
-    model.save_pretrained(model_path, safe_serialization=True)
-    tokenizer.save_pretrained(model_path)
-    (out_dir / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    if distributed.is_main():
+        if adapter_path:
+            model.save_pretrained(adapter_path, safe_serialization=True)
+            model = model.merge_and_unload()
+        model.save_pretrained(model_path, safe_serialization=True)
+        tokenizer.save_pretrained(model_path)
+        (out_dir / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    distributed.barrier()
     weights = sorted(model_path.glob("*.safetensors"))
     return TrainResult(str(model_path), str(adapter_path) if adapter_path else None, digest_files(weights), metrics)
 
 
 def _save_checkpoint(model, optimizer, scheduler, step: int, out_dir: Path, keep: int) -> None:
-    """Trainable weights, optimizer, scheduler and RNG state; written to a temp folder then renamed."""
+    """Trainable weights, optimizer, scheduler and RNG state; written by the main process to a temp
+    folder, then renamed. The others wait, so none runs ahead of a checkpoint it may resume from."""
+    if not distributed.is_main():
+        distributed.barrier()
+        return
     root = out_dir / "checkpoints"
     tmp = root / f".step-{step:06d}"
     tmp.mkdir(parents=True, exist_ok=True)
@@ -220,6 +244,7 @@ def _save_checkpoint(model, optimizer, scheduler, step: int, out_dir: Path, keep
     tmp.rename(root / f"step-{step:06d}")
     for old in sorted(root.glob("step-*"))[:-keep]:
         shutil.rmtree(old)
+    distributed.barrier()
 
 
 def _resume(model, optimizer, scheduler, out_dir: Path) -> int:

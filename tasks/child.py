@@ -29,14 +29,16 @@ def run_stage_in_child(
     timeout_s: float | None = None,
     on_progress: Callable[[dict], None] | None = None,
     secret_env: dict[str, str] | None = None,
+    processes: int = 1,
 ) -> dict:
-    """Run ``python -m dpo_core STAGE`` and return its ``result.json``. ``secret_env`` (API keys)
-    reaches the child through its environment only: never the job file, the log or MLflow."""
+    """Run ``python -m dpo_core STAGE`` (in ``processes`` data-parallel processes) and return its
+    ``result.json``. ``secret_env`` (API keys) reaches the child through its environment only:
+    never the job file, the log or MLflow."""
     out_dir.mkdir(parents=True, exist_ok=True)
     job_path = out_dir / "job.json"
     job_path.write_text(json.dumps(job, indent=2))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dpo_core", stage, str(job_path), str(out_dir)],
+        _command(stage, job_path, out_dir, processes),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
         start_new_session=True,  # its own process group: killpg reaches every grandchild too
         env=os.environ | secret_env if secret_env else None,
@@ -56,6 +58,16 @@ def run_stage_in_child(
     if code != 0:
         raise RuntimeError(f"stage {stage} exited with code {code}; see the log above and {out_dir}")
     return json.loads((out_dir / "result.json").read_text())
+
+
+def _command(stage: str, job_path: Path, out_dir: Path, processes: int) -> list[str]:
+    stage_module = ["-m", "dpo_core", stage, str(job_path), str(out_dir)]
+    if processes == 1:
+        return [sys.executable, *stage_module]
+    # accelerate's launcher (torchrun underneath), one process per GPU; on a machine without GPUs
+    # the same command starts CPU processes that talk over gloo
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", f"--num_processes={processes}",
+            "--num_machines=1", "--mixed_precision=no", "--dynamo_backend=no", *stage_module]
 
 
 def _relay(proc: subprocess.Popen, log, on_progress) -> None:

@@ -20,6 +20,9 @@ CODE = (
     "dpo_core.dpo.trainer",
     "dpo_core.dpo.losses",
     "dpo_core.training",
+    "dpo_core.dpo.reference",
+    "dpo_core.optim",
+    "dpo_core.distributed",
     "dpo_core.batching",
     "dpo_core.chat",
     "dpo_core.models",
@@ -36,7 +39,8 @@ def dpo_task(
     with stage_run(STAGE, parent_run_id, asdict(cfg) | {"reference_model_uri": policy.model_uri}) as run_id:
         job = {"config": asdict(cfg), "inputs": {"model": policy.model_path, "pairs_path": feedback.pairs_path}}
         with Progress(STAGE, "optimizer steps") as progress:
-            result = run_stage_in_child("dpo", job, out, get_run_logger().info, timeout_s, progress.update)
+            result = run_stage_in_child("dpo", job, out, get_run_logger().info, timeout_s, progress.update,
+                                        processes=cfg.num_processes)
         log_step_metrics(out / "metrics.jsonl")
         mlflow.log_metric("train_pairs", result["metrics"]["train_pairs"])
         model_uri = log_trained_model(result["model_path"], result["adapter_path"])

@@ -20,6 +20,8 @@ from tasks.tracking import experiment_id, log_step_metrics, log_trained_model, s
 CODE = (
     "dpo_core.sft",
     "dpo_core.training",
+    "dpo_core.optim",
+    "dpo_core.distributed",
     "dpo_core.batching",
     "dpo_core.chat",
     "dpo_core.models",
@@ -38,7 +40,8 @@ def sft_task(
         job = {"config": asdict(cfg), "inputs": {"model": model, "prompts_path": data.train_path,
                                                   "candidates_path": feedback.candidates_path}}
         with Progress(STAGE, "optimizer steps") as progress:
-            result = run_stage_in_child("sft", job, out, get_run_logger().info, timeout_s, progress.update)
+            result = run_stage_in_child("sft", job, out, get_run_logger().info, timeout_s, progress.update,
+                                        processes=cfg.num_processes)
         log_step_metrics(out / "metrics.jsonl")
         mlflow.log_metric("train_examples", result["metrics"]["train_examples"])
         model_uri = log_trained_model(result["model_path"], result["adapter_path"])

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from dpo_core import distributed
 from dpo_core.batching import answer_token_logps, collate, to_device
 from dpo_core.digest import digest_json
 from dpo_core.training import device
@@ -45,14 +46,21 @@ def pair_logps(model, batch, disable_adapter: bool = False) -> torch.Tensor:
 def compute_reference_logps(model, examples: Sequence[Example], pad_id: int, batch_size: int,
                             share_prefix: bool = True, disable_adapter: bool = False) -> torch.Tensor:
     """(N, 2) summed log-probs of [chosen, rejected] for every example under ``model``, run in
-    eval mode and, for a PEFT model whose adapter stands for the policy, with the adapter off."""
+    eval mode and, for a PEFT model whose adapter stands for the policy, with the adapter off.
+    Under a launcher each process runs its share and all get the whole table."""
     was_training = model.training
     model.eval()
-    rows = [pair_logps(model, to_device(collate(list(examples[s : s + batch_size]), pad_id, share_prefix), device()),
-                       disable_adapter).float().cpu()
-            for s in range(0, len(examples), batch_size)]
+    mine = distributed.shard(range(len(examples)))
+    rows: list[tuple[int, torch.Tensor]] = []
+    for s in range(0, len(mine), batch_size):
+        ids = mine[s : s + batch_size]
+        batch = to_device(collate([examples[i] for i in ids], pad_id, share_prefix), device())
+        rows += zip(ids, pair_logps(model, batch, disable_adapter).float().cpu(), strict=True)
     model.train(was_training)
-    return torch.cat(rows)
+    table = torch.zeros(len(examples), 2)
+    for i, logps in distributed.gather(rows):
+        table[i] = logps
+    return table
 
 
 def load_or_compute(path: Path, compute) -> tuple[torch.Tensor, bool]:
@@ -60,8 +68,9 @@ def load_or_compute(path: Path, compute) -> tuple[torch.Tensor, bool]:
     if path.exists():
         return load_file(path)["logps"], True
     logps = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    save_file({"logps": logps.contiguous()}, tmp)
-    tmp.replace(path)
+    if distributed.is_main():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        save_file({"logps": logps.contiguous()}, tmp)
+        tmp.replace(path)
     return logps, False

@@ -21,6 +21,7 @@ import torch
 from pydantic import Field
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
+from dpo_core import distributed
 from dpo_core.batching import Batch, answer_token_logps, collate, to_device
 from dpo_core.chat import encode
 from dpo_core.data.io import read_jsonl, write_jsonl
@@ -95,14 +96,16 @@ def train_dpo(
         ref_logps, reused = load_or_compute(cache_path(cache_dir(), key), lambda: compute_reference_logps(
             policy, examples, tokenizer.pad_token_id, cfg.batch_size, cfg.share_prefix, disable_adapter=cfg.lora))
     reference_runtime = time.perf_counter() - ref_started
-    print(f"reference log-probs: {'reused from disk' if reused else 'computed'} in {reference_runtime:.1f}s", flush=True)
+    if distributed.is_main():
+        print(f"reference log-probs: {'reused from disk' if reused else 'computed'} in {reference_runtime:.1f}s",
+              flush=True)
 
     order = list(range(len(pairs)))
     random.Random(cfg.seed).shuffle(order)
     n_eval = round(len(order) * cfg.eval_fraction)
     eval_set = [(examples[i], ref_logps[i]) for i in order[:n_eval]]
     train_set = [(examples[i], ref_logps[i]) for i in order[n_eval:]]
-    if eval_set:  # kept for the evaluation stage: held-out preference accuracy and perplexity
+    if eval_set and distributed.is_main():  # kept for the evaluation stage: held-out preference accuracy and perplexity
         write_jsonl(Path(out_dir) / "eval_pairs.jsonl", (pairs[i].to_dict() for i in order[:n_eval]))
     settings = LossSettings(cfg.beta, cfg.label_smoothing, cfg.simpo_gamma)
 
