@@ -1,6 +1,6 @@
 # The two quick-start commands: `make demo` runs the whole lifecycle on the embedded default,
 # `make test` runs lint and the test suite. Both set up .venv first.
-.PHONY: setup browser demo test test-real lint
+.PHONY: setup services demo test test-real lint
 
 setup:
 	./scripts/setup.sh
@@ -8,13 +8,13 @@ setup:
 demo: setup
 	.venv/bin/python -m flows.lifecycle
 
-browser:
-	./scripts/install_browser.sh
+services:  # Debian's chromium and postgresql, which tests drive for real
+	./scripts/install_test_services.sh
 
 lint: setup
 	.venv/bin/ruff check .
 
-test: lint browser
+test: lint services
 	.venv/bin/python -m pytest
 
 test-real: setup

@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pydantic import Field
-from pydantic.dataclasses import dataclass as pydantic_dataclass
 
+from dpo_core.config import config_dataclass
 from dpo_core.data.io import read_rows, write_jsonl
 from dpo_core.digest import digest_files
 from dpo_core.instructions import INSTRUCTION_SET_PATH, validate_instruction
@@ -24,7 +24,7 @@ from dpo_core.records import PromptRecord
 BUILTIN = "builtin"
 
 
-@pydantic_dataclass
+@config_dataclass
 class BuildConfig:
 
     source: str = Field(BUILTIN, description="'builtin' (the shipped instruction set), a JSONL/JSON/CSV/Parquet "

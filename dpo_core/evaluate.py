@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
-from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from dpo_core.benchmarks import lm_eval, mt_bench, pairwise
 from dpo_core.benchmarks.preference import perplexity, preference_accuracy, summed_logps
+from dpo_core.config import config_dataclass
 from dpo_core.data.io import read_jsonl, write_jsonl
 from dpo_core.generation import SamplingConfig, generate
 from dpo_core.instructions import check_instructions
@@ -29,7 +29,7 @@ from dpo_core.models import load_model, load_tokenizer, resolve_model
 from dpo_core.records import EvalSample, PreferencePair, PromptRecord
 
 
-@pydantic_dataclass
+@config_dataclass
 class EvalConfig:
 
     max_prompts: int | None = Field(None, ge=1, description="Evaluate on at most this many held-out prompts")

@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
-from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from dpo_core.binarize import binarize
+from dpo_core.config import config_dataclass
 from dpo_core.data.io import read_jsonl, write_jsonl
 from dpo_core.digest import digest_files
 from dpo_core.generation import SamplingConfig
@@ -46,7 +46,7 @@ from dpo_core.records import JudgedCandidate, PreferencePair, PromptRecord
 JUDGE_KINDS = ("verifiable", "rubric", "pairwise", "reward")
 
 
-@pydantic_dataclass
+@config_dataclass
 class FeedbackConfig:
 
     max_prompts: int | None = Field(None, ge=1, description="Use at most this many training prompts")

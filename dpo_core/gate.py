@@ -11,16 +11,16 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 from pydantic import Field
-from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from dpo_core.benchmarks.stats import paired_bootstrap
+from dpo_core.config import config_dataclass
 from dpo_core.records import EvalSample
 
 Metric = Literal["prompt_level_strict", "instruction_level_strict", "prompt_level_loose", "instruction_level_loose"]
 METRICS = get_args(Metric)
 
 
-@pydantic_dataclass
+@config_dataclass
 class GateConfig:
 
     primary_metric: Metric = Field("prompt_level_strict", description="The IFEval accuracy the challenger must raise")

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 
 import torch
 from pydantic import Field
-from pydantic.dataclasses import dataclass as pydantic_dataclass
 from transformers import DynamicCache
 
 from dpo_core.chat import render_prompt
+from dpo_core.config import config_dataclass
 
 
-@pydantic_dataclass
+@config_dataclass
 class SamplingConfig:
 
     num_samples: int = Field(4, ge=1, le=64, description="Answers per prompt (K)")

@@ -12,17 +12,17 @@ from pathlib import Path
 
 import torch
 from pydantic import Field
-from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from dpo_core.batching import Batch, answer_token_logps, collate, to_device
 from dpo_core.chat import encode
+from dpo_core.config import config_dataclass
 from dpo_core.data.io import read_jsonl
 from dpo_core.models import load_model, load_tokenizer, resolve_model
 from dpo_core.records import JudgedCandidate, PromptRecord
 from dpo_core.training import TrainConfig, TrainResult, device, fit, prepare_for_training, save_trained
 
 
-@pydantic_dataclass
+@config_dataclass
 class SFTConfig(TrainConfig):
 
     min_score: float = Field(1.0, ge=0.0, le=1.0,

@@ -24,18 +24,18 @@ from typing import Literal
 
 import torch
 from pydantic import Field
-from pydantic.dataclasses import dataclass as pydantic_dataclass
 from safetensors.torch import load_file, save_file
 from transformers import get_scheduler
 
 from dpo_core import distributed
+from dpo_core.config import config_dataclass
 from dpo_core.digest import digest_files
 from dpo_core.optim import make_optimizer
 
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c")) if sys.platform == "linux" else None
 
 
-@pydantic_dataclass
+@config_dataclass
 class TrainConfig:
 
     lora: bool = Field(True, description="Train a LoRA adapter; off: full fine-tune")

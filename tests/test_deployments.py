@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,74 +14,12 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from mlflow.tracking import MlflowClient
+from local_stack import TERMINAL, LocalStack, mlflow_runs
 
 from dpo_core.data.io import read_jsonl, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
-TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LocalStack:
-    """``python -m deployments.stack`` in a subprocess, and small clients for its two servers."""
-
-    def __init__(self, home: Path):
-        self.prefect_port, self.mlflow_port = _free_port(), _free_port()
-        self.prefect = f"http://127.0.0.1:{self.prefect_port}"
-        self.mlflow = f"http://127.0.0.1:{self.mlflow_port}"
-        env = os.environ | {"DPO_HOME": str(home), "PREFECT_HOME": str(home / "prefect"),
-                            # its own result store: the rest of the suite must not see its cached stages
-                            "PREFECT_LOCAL_STORAGE_PATH": str(home / "prefect-results"),
-                            "PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_WORKER_PREFETCH_SECONDS": "2"}
-        env.pop("PREFECT_API_URL", None)
-        self.log = (home / "stack.log").open("w")
-        home.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "deployments.stack", "--prefect-port", str(self.prefect_port),
-             "--mlflow-port", str(self.mlflow_port), "--mlflow-store", f"sqlite:///{home / 'mlflow.db'}"],
-            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.env = env | {"PREFECT_API_URL": f"{self.prefect}/api"}
-        deadline = time.monotonic() + 240
-        while "Prefect UI:" not in (home / "stack.log").read_text():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("stack did not start:\n" + (home / "stack.log").read_text()[-3000:])
-            time.sleep(1)
-
-    def api(self, method: str, path: str, **kwargs):
-        response = httpx.request(method, f"{self.prefect}/api{path}", timeout=30, **kwargs)
-        response.raise_for_status()
-        return response.json()
-
-    def run_deployment(self, flow: str, deployment: str, parameters: dict) -> str:
-        dep = self.api("GET", f"/deployments/name/{flow}/{deployment}")
-        return self.api("POST", f"/deployments/{dep['id']}/create_flow_run", json={"parameters": parameters})["id"]
-
-    def state(self, flow_run_id: str) -> str:
-        return self.api("GET", f"/flow_runs/{flow_run_id}")["state"]["type"]
-
-    def wait(self, flow_run_id: str, until: set[str], timeout_s: float) -> str:
-        deadline = time.monotonic() + timeout_s
-        while (state := self.state(flow_run_id)) not in until:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"flow run {flow_run_id} still {state} after {timeout_s}s")
-            time.sleep(1)
-        return state
-
-    def runs_of(self, flow: str, deployment: str) -> list[dict]:
-        dep = self.api("GET", f"/deployments/name/{flow}/{deployment}")
-        return self.api("POST", "/flow_runs/filter", json={"deployments": {"id": {"any_": [dep["id"]]}}})
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=60)
-        self.log.close()
 
 
 @pytest.fixture(scope="module")
@@ -91,25 +27,14 @@ def stack(tmp_path_factory):
     s = LocalStack(tmp_path_factory.mktemp("stack"))
     yield s
     s.stop()
-    assert s.proc.returncode == 0
-    for port in (s.prefect_port, s.mlflow_port):  # everything it started is gone
-        with socket.socket() as probe:
-            assert probe.connect_ex(("127.0.0.1", port)) != 0
-
-
-def _mlflow_runs(stack: LocalStack, flow_run_id: str) -> tuple[object, list]:
-    client = MlflowClient(stack.mlflow)
-    exp = client.get_experiment_by_name("dpo-lifecycle")
-    (parent,) = client.search_runs([exp.experiment_id], f"tags.`prefect.flow_run_id` = '{flow_run_id}'")
-    children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    return parent, children
+    assert s.stopped_cleanly()
 
 
 def test_a_deployment_runs_through_the_worker_and_logs_to_the_mlflow_server(stack):
     params = {"data": {"source": str(DATA / "prompts.jsonl"), "eval_source": str(DATA / "eval_prompts.jsonl")}}
     flow_run = stack.run_deployment("build-dataset", "build-dataset", params)
     assert stack.wait(flow_run, TERMINAL, 240) == "COMPLETED"
-    parent, children = _mlflow_runs(stack, flow_run)
+    parent, children = mlflow_runs(stack, flow_run)
     assert parent.info.status == "FINISHED"
     assert [(c.data.tags["stage"], c.info.status) for c in children] == [("build-dataset", "FINISHED")]
     assert children[0].data.metrics["rows/train"] > 0
@@ -168,7 +93,7 @@ def test_cancelling_a_training_run_kills_its_process_group_and_marks_mlflow_kill
     assert stack.wait(flow_run, TERMINAL, 120) == "CANCELLED"
     gone, alive = psutil.wait_procs(children, timeout=30)
     assert not alive, [p.pid for p in alive]
-    parent, stages = _mlflow_runs(stack, flow_run)
+    parent, stages = mlflow_runs(stack, flow_run)
     assert [(c.data.tags["stage"], c.info.status) for c in stages] == [("dpo", "KILLED")]
     assert parent.info.status == "KILLED"
     assert 0 < len(_logged_steps(stack)) < 1600  # it was stopped mid-training
@@ -262,7 +187,7 @@ def test_browser_runs_the_lifecycle_from_the_prefect_form_and_finds_it_in_mlflow
     _wait_for(lambda: "Completed" in browser.page_source, 60, "the run page to show Completed")
     browser.save_screenshot(str(ARTIFACTS / "prefect-flow-run-completed.png"))
 
-    parent, children = _mlflow_runs(stack, flow_run_id)
+    parent, children = mlflow_runs(stack, flow_run_id)
     assert {c.data.tags["stage"] for c in children} >= {"build-dataset", "collect-feedback", "sft", "dpo", "evaluate"}
     browser.get(f"{stack.mlflow}/#/experiments/{parent.info.experiment_id}/runs")
     _wait_for(lambda: parent.info.run_name in browser.page_source, 120, "the lifecycle run in MLflow's run list")

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 from pydantic import Field
-from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from dpo_core import distributed
 from dpo_core.batching import Batch, answer_token_logps, collate, to_device
 from dpo_core.chat import encode
+from dpo_core.config import config_dataclass
 from dpo_core.data.io import read_jsonl, write_jsonl
 from dpo_core.dpo.losses import REFERENCE_FREE, LossName, LossSettings, PairLogps, combined_loss
 from dpo_core.dpo.reference import cache_path, compute_reference_logps, load_or_compute, pair_logps, reference_key
@@ -32,7 +32,7 @@ from dpo_core.records import PreferencePair
 from dpo_core.training import TrainConfig, TrainResult, device, fit, prepare_for_training, save_trained
 
 
-@pydantic_dataclass
+@config_dataclass
 class DPOConfig(TrainConfig):
     """The model passed to ``train_dpo`` is both the starting policy and the reference."""
 

@@ -16,8 +16,8 @@ import os
 from collections.abc import Callable
 
 from pydantic import Field
-from pydantic.dataclasses import dataclass as pydantic_dataclass
 
+from dpo_core.config import config_dataclass
 from dpo_core.generation import SamplingConfig, generate
 from dpo_core.models import load_model, load_tokenizer, resolve_model
 from dpo_core.openai_client import Failure, OpenAIClient, Usage
@@ -49,7 +49,7 @@ class LocalChat:
         return _collect(self, conversations, max_new_tokens)
 
 
-@pydantic_dataclass
+@config_dataclass
 class ClientOptions:
     """How hard to push an OpenAI-compatible server."""
 
