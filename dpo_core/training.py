@@ -180,13 +180,13 @@ def fit(
             last = sums | {"grad_norm": grad_norm, "learning_rate": lr, "epoch": step / steps_per_epoch}
             if eval_examples and ((cfg.eval_steps and step % cfg.eval_steps == 0) or step == total_steps):
                 last |= evaluate_loss(model, eval_examples, make_batch, step_loss, cfg)
-            if cfg.save_steps and step % cfg.save_steps == 0 and step < total_steps:
-                _save_checkpoint(model, optimizer, scheduler, step, out_dir, cfg.save_total_limit)
-            if log is not None:
+            if log is not None:  # before the checkpoint: a run resumed from it has this step's line
                 log.write(json.dumps({"step": step} | last) + "\n")
                 log.flush()
-                if on_step:
-                    on_step(step, total_steps, last)
+            if cfg.save_steps and step % cfg.save_steps == 0 and step < total_steps:
+                _save_checkpoint(model, optimizer, scheduler, step, out_dir, cfg.save_total_limit)
+            if on_step and log is not None:
+                on_step(step, total_steps, last)
     return last | {"train_runtime": time.perf_counter() - started}
 
 

@@ -70,6 +70,17 @@ class LocalStack:
             time.sleep(1)
         return state
 
+    def stop_run(self, flow_run_id: str, timeout_s: float = 60) -> str:
+        """Stop a run the test does not need to finish. Cancelled as from the UI; one cancelled
+        between the worker's submission and its engine's start exits with the run still
+        CANCELLING, which no worker then moves on, so it is marked CANCELLED after ``timeout_s``."""
+        self.api("POST", f"/flow_runs/{flow_run_id}/set_state", json={"state": {"type": "CANCELLING"}, "force": True})
+        try:
+            return self.wait(flow_run_id, TERMINAL, timeout_s)
+        except TimeoutError:
+            self.api("POST", f"/flow_runs/{flow_run_id}/set_state", json={"state": {"type": "CANCELLED"}, "force": True})
+            return self.wait(flow_run_id, TERMINAL, 10)
+
     def runs_of(self, flow: str, deployment: str) -> list[dict]:
         dep = self.api("GET", f"/deployments/name/{flow}/{deployment}")
         return self.api("POST", "/flow_runs/filter", json={"deployments": {"id": {"any_": [dep["id"]]}}})

@@ -58,8 +58,7 @@ def test_new_data_starts_a_retraining_run(stack, tmp_path):
     (run,) = new
     assert run["parameters"]["data"]["source"] == str(landed)
     # a real retraining of SmolLM2 is the demo's job, not this test's: stop it here
-    stack.api("POST", f"/flow_runs/{run['id']}/set_state", json={"state": {"type": "CANCELLING"}, "force": True})
-    stack.wait(run["id"], TERMINAL, 120)
+    stack.stop_run(run["id"])
 
 
 def _stage_children(name: str) -> list[psutil.Process]:
@@ -216,8 +215,7 @@ def test_a_watched_folder_turns_a_new_data_file_into_a_retraining_run(stack, tmp
             time.sleep(1)
         (run,) = new
         assert run["parameters"]["data"]["source"] == str(landed.resolve())
-        stack.api("POST", f"/flow_runs/{run['id']}/set_state", json={"state": {"type": "CANCELLING"}, "force": True})
-        stack.wait(run["id"], TERMINAL, 120)
+        stack.stop_run(run["id"])
     finally:
         watcher.terminate()
         watcher.wait(timeout=10)
