@@ -26,7 +26,6 @@ BUILTIN = "builtin"
 
 @config_dataclass
 class BuildConfig:
-
     source: str = Field(BUILTIN, description="'builtin' (the shipped instruction set), a JSONL/JSON/CSV/Parquet "
                                              "file, a saved datasets folder or a hub dataset id")
     eval_source: str | None = Field(None, description="Held-out prompts (default: the builtin eval split, or "
@@ -39,7 +38,6 @@ class BuildConfig:
     decontaminate_overlap: float = Field(0.8, gt=0.0, le=1.0, description="Drop a training prompt when this share "
                                                                         "of its n-grams occurs in held-out prompts")
     seed: int = Field(0, ge=0)
-
 
 
 @dataclass

@@ -31,7 +31,6 @@ from dpo_core.records import EvalSample, PreferencePair, PromptRecord
 
 @config_dataclass
 class EvalConfig:
-
     max_prompts: int | None = Field(None, ge=1, description="Evaluate on at most this many held-out prompts")
     max_new_tokens: int = Field(160, ge=1)
     batch_size: int = Field(16, ge=1, description="Prompts per generate call (greedy decoding)")
@@ -44,6 +43,7 @@ class EvalConfig:
     judge_max_retries: int = Field(2, ge=0, le=10)
     lm_eval_tasks: list[str] = Field(default_factory=list, description="lm-evaluation-harness tasks (package needed)")
     lm_eval_limit: int | None = Field(None, ge=1)
+
 
 @dataclass
 class EvalResult:

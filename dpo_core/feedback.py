@@ -48,7 +48,6 @@ JUDGE_KINDS = ("verifiable", "rubric", "pairwise", "reward")
 
 @config_dataclass
 class FeedbackConfig:
-
     max_prompts: int | None = Field(None, ge=1, description="Use at most this many training prompts")
     generators: list[str] = Field(default_factory=list, description="More candidate sources beside the stage's "
                                                                      "model: local:<model ref> or openai:<base_url>|<model>")

@@ -22,7 +22,6 @@ METRICS = get_args(Metric)
 
 @config_dataclass
 class GateConfig:
-
     primary_metric: Metric = Field("prompt_level_strict", description="The IFEval accuracy the challenger must raise")
     min_improvement: float = Field(0.0, ge=-1.0, le=1.0, description="The interval's lower end must exceed this")
     confidence: float = Field(0.9, gt=0.5, lt=1.0, description="Of the paired bootstrap interval")
@@ -31,7 +30,6 @@ class GateConfig:
     guard_tolerance: float = Field(0.02, ge=0.0, le=1.0)
     registered_model: str = Field("dpo-policy", min_length=1, description="MLflow registry name (challenger and "
                                                                           "champion aliases)")
-
 
 
 @dataclass

@@ -21,7 +21,6 @@ from dpo_core.config import config_dataclass
 
 @config_dataclass
 class SamplingConfig:
-
     num_samples: int = Field(4, ge=1, le=64, description="Answers per prompt (K)")
     max_new_tokens: int = Field(160, ge=1, le=32768)
     temperature: float = Field(0.8, ge=0.0, le=5.0, description="0: greedy decoding (then num_samples must be 1)")

@@ -24,9 +24,9 @@ from dpo_core.training import TrainConfig, TrainResult, device, fit, prepare_for
 
 @config_dataclass
 class SFTConfig(TrainConfig):
-
     min_score: float = Field(1.0, ge=0.0, le=1.0,
                              description="A prompt's best candidate joins the SFT set only if it scores at least this")
+
 
 def select_sft_examples(prompts_path: Path, candidates_path: Path, min_score: float) -> list[tuple[list, str]]:
     """(messages, answer) for the best candidate of each prompt that reaches ``min_score``."""

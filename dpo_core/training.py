@@ -37,7 +37,6 @@ _LIBC = ctypes.CDLL(ctypes.util.find_library("c")) if sys.platform == "linux" el
 
 @config_dataclass
 class TrainConfig:
-
     lora: bool = Field(True, description="Train a LoRA adapter; off: full fine-tune")
     lora_r: int = Field(16, ge=1, le=1024, description="LoRA rank")
     lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r)")

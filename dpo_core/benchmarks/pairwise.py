@@ -15,6 +15,7 @@ from dpo_core.judges.parsing import parse_verdict
 
 __all__ = ["PROMPT_VERSION", "Comparison", "compare", "outcome", "summarize"]
 
+
 @dataclass(frozen=True)
 class Comparison:
     prompt_id: str
