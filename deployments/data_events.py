@@ -16,8 +16,9 @@ from pathlib import Path
 
 from prefect.events import emit_event
 
+from dpo_core.data.io import ROW_FILE_SUFFIXES
+
 EVENT = "dpo.data.landed"
-DATA_SUFFIXES = {".jsonl", ".json", ".csv", ".parquet"}
 
 
 def emit(path: Path) -> None:
@@ -51,7 +52,7 @@ def watch(folder: Path, poll_s: float = 2.0, settle_s: float = 2.0) -> None:
 
 
 def _data_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in DATA_SUFFIXES)
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in ROW_FILE_SUFFIXES)
 
 
 def _stat(path: Path) -> tuple[int, float]:

@@ -7,7 +7,7 @@ them, and (with ``--watch``) a watcher that turns new data files into retraining
     python -m deployments.stack --mlflow-store postgresql+psycopg2://mlflow:pw@db/mlflow \
                                 --prefect-database postgresql+asyncpg://prefect:pw@db/prefect
 
-(PostgreSQL for MLflow needs ``pip install psycopg2-binary``; Prefect ships asyncpg.)
+(PostgreSQL for MLflow needs ``pip install -e ".[postgres]"``; Prefect ships asyncpg.)
 
 It prints both UI addresses and runs until Ctrl-C (or SIGTERM), then stops every process it
 started. Runs started from the UI execute here, with MLflow on the tracking server.

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dpo_core.generation import SamplingConfig, generate
-from dpo_core.judges.backends import ClientOptions, make_client
+from dpo_core.judges.backends import ClientOptions, make_client, openai_endpoint
 from dpo_core.models import load_model, load_tokenizer, resolve_model
 from dpo_core.openai_client import Failure, Usage
 
@@ -78,8 +78,5 @@ def make_generator(spec: str, options: ClientOptions):
     """``openai:<base_url>|<model>``, ``local:<model ref>``, or a bare model reference (local)."""
     kind, _, rest = spec.partition(":")
     if kind == "openai":
-        base_url, _, model = rest.partition("|")
-        if not model:
-            raise ValueError(f"generator {spec!r}: use openai:<base_url>|<model>")
-        return OpenAIGenerator(base_url, model, options)
+        return OpenAIGenerator(*openai_endpoint(spec, "generator"), options)
     return LocalGenerator(rest if kind == "local" else spec)

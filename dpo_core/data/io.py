@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
+ROW_FILE_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet")  # what read_rows reads, besides folders
+
 
 def read_rows(source: str, split: str = "train") -> list[dict]:
     """Read ``source`` into a list of dicts, choosing the reader by extension or folder kind."""
@@ -34,7 +36,7 @@ def read_rows(source: str, split: str = "train") -> list[dict]:
             return pd.read_csv(path, keep_default_na=False).to_dict(orient="records")
         if suffix == ".parquet":
             return pd.read_parquet(path).to_dict(orient="records")
-        raise ValueError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json, .csv, .parquet or a datasets folder")
+        raise ValueError(f"{path}: unsupported file type {suffix!r}; use {', '.join(ROW_FILE_SUFFIXES)} or a datasets folder")
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         raise FileNotFoundError(f"{source} is not a local file or folder, and HF_HUB_OFFLINE=1 forbids the hub")
     import datasets

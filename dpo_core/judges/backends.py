@@ -60,6 +60,14 @@ class ClientOptions:
     requests_per_s: float | None = Field(None, gt=0.0, description="Rate limit (none by default)")
 
 
+def openai_endpoint(spec: str, role: str) -> tuple[str, str]:
+    """(base_url, model) of the ``openai:<base_url>|<model>`` spec of a ``role`` (judge, generator)."""
+    base_url, _, model = spec.removeprefix("openai:").partition("|")
+    if not spec.startswith("openai:") or not base_url or not model:
+        raise ValueError(f"{role} {spec!r}: use openai:<base_url>|<model>")
+    return base_url, model
+
+
 def make_client(base_url: str, model: str, options: ClientOptions) -> OpenAIClient:
     """The client for one endpoint and model, its key read from ``options.api_key_env``."""
     return OpenAIClient(base_url, model, api_key=os.environ.get(options.api_key_env), timeout_s=options.timeout_s,
@@ -101,8 +109,5 @@ def make_backend(spec: str, options: ClientOptions | None = None):
     if kind == "local":
         return LocalChat.from_ref(rest)
     if kind == "openai":
-        base_url, _, model = rest.partition("|")
-        if not model:
-            raise ValueError(f"judge {spec!r}: use openai:<base_url>|<model>")
-        return OpenAIChat(base_url, model, options)
+        return OpenAIChat(*openai_endpoint(spec, "judge"), options)
     raise ValueError(f"judge {spec!r}: use local:<model ref> or openai:<base_url>|<model>")
