@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
 
 from dpo_core.generation import SamplingConfig, generate
@@ -49,8 +49,11 @@ def create_app(model_ref: str, served_name: str | None = None) -> FastAPI:
     @app.post("/v1/chat/completions")
     def chat(request: ChatRequest) -> dict:
         messages = [m.model_dump() for m in request.messages]
-        cfg = SamplingConfig(num_samples=1, max_new_tokens=request.max_tokens, temperature=request.temperature,
-                             top_p=request.top_p, batch_size=1, seed=request.seed or 0)
+        try:
+            cfg = SamplingConfig(num_samples=1, max_new_tokens=request.max_tokens, temperature=request.temperature,
+                                 top_p=request.top_p, batch_size=1, seed=request.seed or 0)
+        except ValueError as exc:  # out of the sampler's bounds: the request's fault, not worth a retry
+            raise HTTPException(status_code=400, detail=str(exc)) from None
         with lock:
             answer = generate(model, tokenizer, [messages], cfg)[0][0]
         prompt_tokens = len(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))

@@ -205,3 +205,17 @@ def test_the_rate_limit_spaces_request_starts(server):
     assert time.monotonic() - started >= 5 / 4.0  # 6 starts, 0.25 s apart
     assert len(done) == 6 and all(isinstance(r, Reply) for r in done.values())
     assert client.usage.requests == 6 and client.usage.completion_tokens > 0
+
+
+def test_server_answers_out_of_range_sampling_with_a_400_not_a_500(tiny_model):
+    """A 500 would be retried by every client as a server fault; a value the sampler refuses is the
+    request's fault."""
+    from fastapi.testclient import TestClient
+
+    from dpo_core.serve import create_app
+
+    client = TestClient(create_app(tiny_model), raise_server_exceptions=False)
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    assert client.post("/v1/chat/completions", json=body | {"temperature": 0.5}).status_code == 200
+    refused = client.post("/v1/chat/completions", json=body | {"temperature": 7.0})
+    assert refused.status_code == 400 and "temperature" in refused.json()["detail"]
