@@ -31,8 +31,8 @@ WORDS = ("the river moves slowly past old stone bridges while small boats carry 
 
 def make_pairs(n: int, path: Path, seed: int = 0) -> None:
     """Pairs on the shipped instruction prompts with answers of 40-120 words, the demo's lengths."""
-    from dpo_core.data.io import read_jsonl, write_jsonl
-    from dpo_core.instructions import INSTRUCTION_SET_PATH
+    from dpo_core.common.io import read_jsonl, write_jsonl
+    from dpo_core.data.instructions import INSTRUCTION_SET_PATH
 
     rng = random.Random(seed)
     prompts = [r for r in read_jsonl(INSTRUCTION_SET_PATH) if r["split"] == "train"][:n]
@@ -47,7 +47,8 @@ def make_pairs(n: int, path: Path, seed: int = 0) -> None:
 
 
 def run_ours(args, pairs: Path, out: Path) -> dict:
-    from dpo_core.dpo.trainer import DPOConfig, train_dpo
+    from dpo_core.train.config import DPOConfig
+    from dpo_core.train.dpo.trainer import train_dpo
 
     cfg = DPOConfig(lora=args.lora, learning_rate=args.lr, batch_size=args.batch_size, max_steps=args.steps,
                     warmup_ratio=0.0, scheduler="linear", optimizer_in_backward=args.optimizer_in_backward,
@@ -64,8 +65,8 @@ def run_trl(args, pairs: Path, out: Path) -> dict:
     from trl import DPOConfig as TRLConfig
     from trl import DPOTrainer
 
-    from dpo_core.data.io import read_jsonl
-    from dpo_core.models import load_model, load_tokenizer, resolve_model
+    from dpo_core.common.io import read_jsonl
+    from dpo_core.common.models import load_model, load_tokenizer, resolve_model
 
     path = resolve_model(args.model)
     rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in read_jsonl(pairs)]

@@ -1,4 +1,4 @@
-"""Candidate generation: the local backend (dpo_core.generation: length-sorted, left-padded
+"""Candidate generation: the local backend (dpo_core.inference.generation: length-sorted, left-padded
 batches) against plain one-prompt-at-a-time ``generate`` on the same model and prompts, greedy.
 
     python bench/generation.py --model embedded:smollm2-135m-instruct --prompts 32 --max-new-tokens 64
@@ -16,10 +16,11 @@ import time
 
 import torch
 
-from dpo_core.data.io import read_jsonl
-from dpo_core.generation import SamplingConfig, eos_ids, generate, length_to_eos
-from dpo_core.instructions import INSTRUCTION_SET_PATH
-from dpo_core.models import load_model, load_tokenizer, resolve_model
+from dpo_core.common.io import read_jsonl
+from dpo_core.common.models import load_model, load_tokenizer, resolve_model
+from dpo_core.data.instructions import INSTRUCTION_SET_PATH
+from dpo_core.inference.config import SamplingConfig
+from dpo_core.inference.generation import eos_ids, generate, length_to_eos
 
 
 @torch.inference_mode()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from prefect.events import emit_event
 
-from dpo_core.data.io import ROW_FILE_SUFFIXES
+from dpo_core.common.io import ROW_FILE_SUFFIXES
 
 EVENT = "dpo.data.landed"
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import httpx
 
-from tasks.settings import home
+from tasks.plumbing.settings import home
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL = "dpo-process"

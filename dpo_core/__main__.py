@@ -13,52 +13,59 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 
-import transformers
+from dpo_core.common.protocol import RESULT_FILE, report_progress
 
-from dpo_core import distributed
-from dpo_core.dpo.trainer import DPOConfig, train_dpo
-from dpo_core.evaluate import EvalConfig, evaluate
-from dpo_core.feedback import FeedbackConfig, collect_feedback
-from dpo_core.sft import SFTConfig, train_sft
-
-PROGRESS_PREFIX = "@progress "
-
-
-def _progress(done: int, total: int, metrics: dict | None = None) -> None:
-    line = {"done": done, "total": total, "time": time.time()} | ({"metrics": metrics} if metrics else {})
-    print(PROGRESS_PREFIX + json.dumps(line), flush=True)
+STAGES = ("feedback", "sft", "dpo", "evaluate")
 
 
 def run_stage(stage: str, job: dict, out_dir: Path):
+    """Import only the stage asked for: each loads its own model stack."""
     cfg, inputs = job["config"], job["inputs"]
     if stage == "feedback":
-        return collect_feedback(FeedbackConfig(**cfg), inputs["model"], inputs["prompts_path"], out_dir, _progress)
+        from dpo_core.feedback.config import FeedbackConfig
+        from dpo_core.feedback.stage import collect_feedback
+
+        return collect_feedback(FeedbackConfig(**cfg), inputs["model"], inputs["prompts_path"], out_dir, report_progress)
     if stage == "sft":
-        return train_sft(SFTConfig(**cfg), inputs["model"], inputs["prompts_path"], inputs["candidates_path"], out_dir, _progress)
+        from dpo_core.train.config import SFTConfig
+        from dpo_core.train.sft import train_sft
+
+        return train_sft(SFTConfig(**cfg), inputs["model"], inputs["prompts_path"], inputs["candidates_path"], out_dir,
+                         report_progress)
     if stage == "dpo":
-        return train_dpo(DPOConfig(**cfg), inputs["model"], inputs["pairs_path"], out_dir, _progress)
+        from dpo_core.train.config import DPOConfig
+        from dpo_core.train.dpo.trainer import train_dpo
+
+        return train_dpo(DPOConfig(**cfg), inputs["model"], inputs["pairs_path"], out_dir, report_progress)
     if stage == "evaluate":
+        from dpo_core.evaluate.config import EvalConfig
+        from dpo_core.evaluate.stage import evaluate
+
         return evaluate(EvalConfig(**cfg), inputs["models"], inputs["eval_path"], out_dir,
                         inputs.get("heldout_pairs_path"), inputs.get("dpo_beta", 0.1))
-    raise SystemExit(f"unknown stage {stage!r}: one of feedback, sft, dpo, evaluate")
+    raise SystemExit(f"unknown stage {stage!r}: one of {', '.join(STAGES)}")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m dpo_core", description=__doc__)
-    parser.add_argument("stage")
+    parser = argparse.ArgumentParser(prog="python -m dpo_core", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("stage", choices=STAGES)
     parser.add_argument("job", type=Path)
     parser.add_argument("out_dir", type=Path)
     args = parser.parse_args(argv)
+    import transformers
+
+    from dpo_core.train import distributed
+
     transformers.utils.logging.disable_progress_bar()  # one line per batch or step is enough in a run log
     args.out_dir.mkdir(parents=True, exist_ok=True)
     result = run_stage(args.stage, json.loads(args.job.read_text()), args.out_dir)
     if distributed.is_main():  # under accelerate launch every process ran the stage; one reports
-        (args.out_dir / "result.json").write_text(json.dumps(asdict(result), indent=2))
-        print(f"{args.stage} finished: {args.out_dir / 'result.json'}", file=sys.stderr)
+        (args.out_dir / RESULT_FILE).write_text(json.dumps(asdict(result), indent=2))
+        print(f"{args.stage} finished: {args.out_dir / RESULT_FILE}", file=sys.stderr)
     distributed.finish()
 
 

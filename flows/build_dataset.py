@@ -6,11 +6,11 @@ from dataclasses import asdict
 
 from prefect import flow
 
-from dpo_core.build_dataset import BuildConfig
+from dpo_core.data.build_dataset import BuildConfig
 from flows.presets import CPU_DEMO
 from tasks.build_dataset import build_dataset_task, source_digest
-from tasks.results import DatasetRef
-from tasks.tracking import flow_parent_run
+from tasks.plumbing.results import DatasetRef
+from tasks.plumbing.tracking import flow_parent_run
 
 
 @flow(name="build-dataset")

@@ -6,13 +6,13 @@ from dataclasses import asdict
 
 from prefect import flow
 
-from dpo_core.feedback import FeedbackConfig
-from dpo_core.models import EMBEDDED_DEFAULT
+from dpo_core.common.models import EMBEDDED_DEFAULT
+from dpo_core.feedback.config import FeedbackConfig
 from flows.presets import CPU_DEMO
 from tasks.feedback import collect_feedback_task
-from tasks.lineage import dataset_ref
-from tasks.results import FeedbackRef
-from tasks.tracking import flow_parent_run
+from tasks.plumbing.lineage import dataset_ref
+from tasks.plumbing.results import FeedbackRef
+from tasks.plumbing.tracking import flow_parent_run
 
 
 @flow(name="collect-feedback")

@@ -7,12 +7,12 @@ from dataclasses import asdict
 
 from prefect import flow
 
-from dpo_core.dpo.trainer import DPOConfig
+from dpo_core.train.config import DPOConfig
 from flows.presets import CPU_DEMO
 from tasks.dpo import dpo_task
-from tasks.lineage import feedback_ref, model_ref
-from tasks.results import ModelRef
-from tasks.tracking import flow_parent_run
+from tasks.plumbing.lineage import feedback_ref, model_ref
+from tasks.plumbing.results import ModelRef
+from tasks.plumbing.tracking import flow_parent_run
 
 
 @flow(name="dpo")

@@ -7,16 +7,16 @@ from dataclasses import asdict
 
 from prefect import flow
 
-from dpo_core.evaluate import EvalConfig
-from dpo_core.gate import GateConfig
-from dpo_core.models import EMBEDDED_DEFAULT
+from dpo_core.common.models import EMBEDDED_DEFAULT
+from dpo_core.evaluate.config import EvalConfig
+from dpo_core.evaluate.gate import GateConfig
 from flows.presets import CPU_DEMO
-from tasks.champion import fetch_champion_task
 from tasks.evaluate import evaluate_task
-from tasks.lineage import dataset_ref, model_ref
+from tasks.plumbing.champion import fetch_champion_task
+from tasks.plumbing.lineage import dataset_ref, model_ref
+from tasks.plumbing.results import EvalReport, PromotionDecision
+from tasks.plumbing.tracking import flow_parent_run
 from tasks.promote import promote_task
-from tasks.results import EvalReport, PromotionDecision
-from tasks.tracking import flow_parent_run
 
 
 @flow(name="evaluate")

@@ -9,23 +9,22 @@ from dataclasses import asdict
 
 from prefect import flow
 
-from dpo_core.build_dataset import BuildConfig
-from dpo_core.dpo.trainer import DPOConfig
-from dpo_core.evaluate import EvalConfig
-from dpo_core.feedback import FeedbackConfig
-from dpo_core.gate import GateConfig
-from dpo_core.models import EMBEDDED_DEFAULT
-from dpo_core.sft import SFTConfig
+from dpo_core.common.models import EMBEDDED_DEFAULT
+from dpo_core.data.build_dataset import BuildConfig
+from dpo_core.evaluate.config import EvalConfig
+from dpo_core.evaluate.gate import GateConfig
+from dpo_core.feedback.config import FeedbackConfig
+from dpo_core.train.config import DPOConfig, SFTConfig
 from flows.presets import CPU_DEMO
 from tasks.build_dataset import build_dataset_task, source_digest
-from tasks.champion import fetch_champion_task
 from tasks.dpo import dpo_task
 from tasks.evaluate import evaluate_task
 from tasks.feedback import collect_feedback_task
+from tasks.plumbing.champion import fetch_champion_task
+from tasks.plumbing.results import EvalReport, PromotionDecision
+from tasks.plumbing.tracking import flow_parent_run
 from tasks.promote import promote_task
-from tasks.results import EvalReport, PromotionDecision
 from tasks.sft import sft_task
-from tasks.tracking import flow_parent_run
 
 
 @flow(name="dpo-lifecycle")

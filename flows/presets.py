@@ -5,13 +5,12 @@
 
 from __future__ import annotations
 
-from dpo_core.build_dataset import BuildConfig
-from dpo_core.dpo.trainer import DPOConfig
-from dpo_core.evaluate import EvalConfig
-from dpo_core.feedback import FeedbackConfig
-from dpo_core.gate import GateConfig
-from dpo_core.generation import SamplingConfig
-from dpo_core.sft import SFTConfig
+from dpo_core.data.build_dataset import BuildConfig
+from dpo_core.evaluate.config import EvalConfig
+from dpo_core.evaluate.gate import GateConfig
+from dpo_core.feedback.config import FeedbackConfig
+from dpo_core.inference.config import SamplingConfig
+from dpo_core.train.config import DPOConfig, SFTConfig
 
 CPU_DEMO = {
     "data": BuildConfig(max_train=64, max_eval=80),

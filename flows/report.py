@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dpo_core.gate import METRICS
-from tasks.results import EvalReport, PromotionDecision
-from tasks.settings import home, tracking_uri
+from dpo_core.evaluate.gate import METRICS
+from tasks.plumbing.results import EvalReport, PromotionDecision
+from tasks.plumbing.settings import home, tracking_uri
 
 
 def print_report(report: EvalReport, decision: PromotionDecision) -> None:

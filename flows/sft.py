@@ -6,13 +6,13 @@ from dataclasses import asdict
 
 from prefect import flow
 
-from dpo_core.models import EMBEDDED_DEFAULT
-from dpo_core.sft import SFTConfig
+from dpo_core.common.models import EMBEDDED_DEFAULT
+from dpo_core.train.config import SFTConfig
 from flows.presets import CPU_DEMO
-from tasks.lineage import dataset_ref, feedback_ref
-from tasks.results import ModelRef
+from tasks.plumbing.lineage import dataset_ref, feedback_ref
+from tasks.plumbing.results import ModelRef
+from tasks.plumbing.tracking import flow_parent_run
 from tasks.sft import sft_task
-from tasks.tracking import flow_parent_run
 
 
 @flow(name="sft")

@@ -1,4 +1,4 @@
-"""Generate dpo_core/instructions/instructions.jsonl, the shipped IFEval-style prompt set.
+"""Generate dpo_core/data/instructions/instructions.jsonl, the shipped IFEval-style prompt set.
 
 Run from the repository root:
 
@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from dpo_core.instructions import CHECKERS, INSTRUCTION_SET_PATH, validate_instruction
+from dpo_core.data.instructions import CHECKERS, INSTRUCTION_SET_PATH, validate_instruction
 
 SPLIT_SIZES = {"train": 340, "eval": 80}
 MIN_KIND_COUNT = 5  # every kind appears at least this often in each split

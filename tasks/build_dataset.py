@@ -9,27 +9,20 @@ import mlflow
 import pandas as pd
 from prefect import task
 
-from dpo_core.build_dataset import BUILTIN, BuildConfig, build_dataset
-from dpo_core.data.io import read_jsonl
-from dpo_core.digest import code_version, digest_files, digest_json
-from dpo_core.instructions import INSTRUCTION_SET_PATH
-from tasks.code_version import CodeVersion
-from tasks.results import DatasetRef
-from tasks.stage import STAGE_CACHE, markdown_table, output_dir, publish
-from tasks.tracking import experiment_id, stage_run
+from dpo_core.common.digest import digest_files, digest_json
+from dpo_core.common.io import read_jsonl
+from dpo_core.data.build_dataset import BUILTIN, BuildConfig, build_dataset
+from dpo_core.data.instructions import INSTRUCTION_SET_PATH
+from tasks.plumbing.results import DatasetRef
+from tasks.plumbing.stage import markdown_table, output_dir, publish, stage_cache
+from tasks.plumbing.tracking import experiment_id, stage_run
 
-CODE = (
-    "dpo_core.build_dataset",
-    "dpo_core.records",
-    "dpo_core.data.io",
-    "dpo_core.instructions.checkers",
-)  # what this stage runs: part of its cache key
-STAGE = "build-dataset"
+STAGE, ENTRY = "build-dataset", "dpo_core.data.build_dataset"  # ENTRY's import closure is the code version in the cache key
 
 
-@task(name=STAGE, cache_policy=STAGE_CACHE + CodeVersion(modules=CODE), persist_result=True, retries=1, retry_delay_seconds=5)
+@task(name=STAGE, cache_policy=stage_cache(ENTRY), persist_result=True, retries=1, retry_delay_seconds=5)
 def build_dataset_task(cfg: BuildConfig, source_digest: str, parent_run_id: str) -> DatasetRef:
-    out = output_dir(STAGE, asdict(cfg), source_digest, code_version(*CODE))
+    out = output_dir(STAGE, ENTRY, asdict(cfg), source_digest)
     with stage_run(STAGE, parent_run_id, asdict(cfg)) as run_id:
         result = build_dataset(cfg, out)
         mlflow.log_metrics({f"rows/{k}": v for k, v in result.counts.items()})

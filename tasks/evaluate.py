@@ -10,39 +10,26 @@ import pandas as pd
 from matplotlib.figure import Figure
 from prefect import get_run_logger, task
 
-from dpo_core.data.io import read_jsonl
-from dpo_core.digest import code_version
-from dpo_core.evaluate import EvalConfig
-from dpo_core.gate import METRICS
-from dpo_core.models import model_fingerprint, resolve_model
-from tasks.child import run_stage_in_child
-from tasks.code_version import CodeVersion
-from tasks.results import DatasetRef, EvalReport, ModelRef
-from tasks.stage import STAGE_CACHE, output_dir, publish
-from tasks.tracking import experiment_id, stage_run
+from dpo_core.common.io import read_jsonl
+from dpo_core.common.models import model_fingerprint, resolve_model
+from dpo_core.evaluate.config import EvalConfig
+from dpo_core.evaluate.gate import METRICS
+from tasks.plumbing.child import run_stage_in_child
+from tasks.plumbing.results import DatasetRef, EvalReport, ModelRef
+from tasks.plumbing.stage import output_dir, publish, stage_cache
+from tasks.plumbing.tracking import experiment_id, stage_run
 
-CODE = (
-    "dpo_core.evaluate",
-    "dpo_core.benchmarks.mt_bench",
-    "dpo_core.benchmarks.pairwise",
-    "dpo_core.benchmarks.preference",
-    "dpo_core.benchmarks.stats",
-    "dpo_core.judges.parsing",
-    "dpo_core.generation",
-    "dpo_core.instructions.checkers",
-    "dpo_core.models",
-)  # what this stage runs: part of its cache key
-STAGE = "evaluate"
+STAGE, ENTRY = "evaluate", "dpo_core.evaluate.stage"  # ENTRY's import closure is the code version in the cache key
 
 
-@task(name=STAGE, cache_policy=STAGE_CACHE + CodeVersion(modules=CODE), persist_result=True, retries=1, retry_delay_seconds=10)
+@task(name=STAGE, cache_policy=stage_cache(ENTRY), persist_result=True, retries=1, retry_delay_seconds=10)
 def evaluate_task(
     cfg: EvalConfig, base_model: str, sft: ModelRef, dpo: ModelRef, champion: ModelRef | None, data: DatasetRef,
     dpo_beta: float, parent_run_id: str, timeout_s: float | None = None,
 ) -> EvalReport:
     base_fp = model_fingerprint(resolve_model(base_model))
-    out = output_dir(STAGE, asdict(cfg), base_fp, sft.digest, dpo.digest, champion and champion.digest, data.digest,
-                     dpo_beta, code_version(*CODE))
+    out = output_dir(STAGE, ENTRY, asdict(cfg), base_fp, sft.digest, dpo.digest, champion and champion.digest, data.digest,
+                     dpo_beta)
     models = {"base": base_model, "sft": sft.model_path, "dpo": dpo.model_path}
     if champion is not None:
         models["champion"] = champion.model_path

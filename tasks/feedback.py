@@ -8,39 +8,19 @@ import mlflow
 import pandas as pd
 from prefect import get_run_logger, task
 
-from dpo_core.data.io import read_jsonl
-from dpo_core.digest import code_version
-from dpo_core.feedback import FeedbackConfig
-from dpo_core.models import model_fingerprint, resolve_model
-from tasks.child import run_stage_in_child
-from tasks.code_version import CodeVersion
-from tasks.progress import Progress
-from tasks.results import DatasetRef, FeedbackRef
-from tasks.stage import STAGE_CACHE, markdown_table, output_dir, publish
-from tasks.tracking import experiment_id, stage_run
+from dpo_core.common.io import read_jsonl
+from dpo_core.common.models import model_fingerprint, resolve_model
+from dpo_core.feedback.config import FeedbackConfig
+from tasks.plumbing.child import run_stage_in_child
+from tasks.plumbing.progress import Progress
+from tasks.plumbing.results import DatasetRef, FeedbackRef
+from tasks.plumbing.stage import markdown_table, output_dir, publish, stage_cache
+from tasks.plumbing.tracking import experiment_id, stage_run
 
-CODE = (
-    "dpo_core.feedback",
-    "dpo_core.generation",
-    "dpo_core.generators",
-    "dpo_core.openai_client",
-    "dpo_core.item_cache",
-    "dpo_core.binarize",
-    "dpo_core.judges.backends",
-    "dpo_core.judges.asking",
-    "dpo_core.judges.rubric",
-    "dpo_core.judges.pairwise",
-    "dpo_core.judges.reward_model",
-    "dpo_core.judges.verifiable",
-    "dpo_core.instructions.checkers",
-    "dpo_core.chat",
-    "dpo_core.models",
-    "dpo_core.records",
-)  # what this stage runs: part of its cache key
-STAGE = "collect-feedback"
+STAGE, ENTRY = "collect-feedback", "dpo_core.feedback.stage"  # ENTRY's import closure is the code version in the cache key
 
 
-@task(name=STAGE, cache_policy=STAGE_CACHE + CodeVersion(modules=CODE), persist_result=True, retries=1, retry_delay_seconds=10)
+@task(name=STAGE, cache_policy=stage_cache(ENTRY), persist_result=True, retries=1, retry_delay_seconds=10)
 def collect_feedback_task(
     cfg: FeedbackConfig, model: str, data: DatasetRef, parent_run_id: str,
     timeout_s: float | None = None, api_key_secret: str | None = None,
@@ -48,7 +28,7 @@ def collect_feedback_task(
     """``api_key_secret``: a Prefect Secret block holding the endpoint's API key; it reaches the
     stage as the ``cfg.client.api_key_env`` variable (else that variable is read as set)."""
     fingerprint = model_fingerprint(resolve_model(model))
-    out = output_dir(STAGE, asdict(cfg), fingerprint, data.digest, code_version(*CODE))
+    out = output_dir(STAGE, ENTRY, asdict(cfg), fingerprint, data.digest)
     params = asdict(cfg) | {"model": model, "model_fingerprint": fingerprint}
     with stage_run(STAGE, parent_run_id, params) as run_id:
         job = {"config": asdict(cfg), "inputs": {"model": model, "prompts_path": data.train_path}}

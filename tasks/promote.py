@@ -8,18 +8,18 @@ from dataclasses import asdict
 import mlflow
 from prefect import task
 
-from dpo_core.data.io import read_jsonl
-from dpo_core.gate import GateConfig, decide
-from dpo_core.records import EvalSample
-from tasks.registry import promote, register_challenger
-from tasks.results import EvalReport, ModelRef, PromotionDecision
-from tasks.stage import STAGE_CACHE, publish
-from tasks.tracking import experiment_id, stage_run
+from dpo_core.common.io import read_jsonl
+from dpo_core.common.records import EvalSample
+from dpo_core.evaluate.gate import GateConfig, decide
+from tasks.plumbing.registry import promote, register_challenger
+from tasks.plumbing.results import EvalReport, ModelRef, PromotionDecision
+from tasks.plumbing.stage import publish, stage_cache
+from tasks.plumbing.tracking import experiment_id, stage_run
 
-STAGE = "promote"
+STAGE, ENTRY = "promote", "dpo_core.evaluate.gate"  # ENTRY's import closure is the code version in the cache key
 
 
-@task(name=STAGE, cache_policy=STAGE_CACHE, persist_result=True)
+@task(name=STAGE, cache_policy=stage_cache(ENTRY), persist_result=True)
 def promote_task(gate: GateConfig, dpo: ModelRef, report: EvalReport, parent_run_id: str) -> PromotionDecision:
     samples: dict[str, list[EvalSample]] = {}
     for row in read_jsonl(report.samples_path):

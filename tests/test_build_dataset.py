@@ -8,8 +8,8 @@ import datasets
 import pandas as pd
 import pytest
 
-from dpo_core.build_dataset import BuildConfig, build_dataset
-from dpo_core.data.io import read_jsonl
+from dpo_core.common.io import read_jsonl
+from dpo_core.data.build_dataset import BuildConfig, build_dataset
 
 GOOD = [
     {"id": "a", "prompt": "Describe the moon in one sentence.", "instructions": [{"kind": "lowercase", "args": {}}]},

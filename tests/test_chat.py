@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dpo_core.chat import encode
-from dpo_core.models import load_tokenizer
+from dpo_core.common.chat import encode
+from dpo_core.common.models import load_tokenizer
 
 CHAT = [{"role": "user", "content": "Say hi."}]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import psutil
 import pytest
 
-from dpo_core.data.io import write_jsonl
-from tasks.child import run_stage_in_child
+from dpo_core.common.io import write_jsonl
+from tasks.plumbing.child import run_stage_in_child
 
 CHAT = [{"role": "user", "content": "hi"}]
 

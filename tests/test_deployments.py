@@ -16,7 +16,7 @@ import psutil
 import pytest
 from local_stack import TERMINAL, LocalStack, mlflow_runs
 
-from dpo_core.data.io import read_jsonl, write_jsonl
+from dpo_core.common.io import read_jsonl, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"

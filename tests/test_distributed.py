@@ -12,8 +12,8 @@ import pytest
 from safetensors.torch import load_file
 from torch.testing import assert_close
 
-from dpo_core.data.io import write_jsonl
-from tasks.child import run_stage_in_child
+from dpo_core.common.io import write_jsonl
+from tasks.plumbing.child import run_stage_in_child
 
 CHAT = [{"role": "user", "content": "Answer in one short line."}]
 
@@ -100,7 +100,7 @@ def test_deadline_kills_every_process_of_the_launch(tiny_model, tmp_path, monkey
 
 
 def test_optimizer_in_backward_refuses_several_processes():
-    from dpo_core.dpo.trainer import DPOConfig
+    from dpo_core.train.config import DPOConfig
 
     with pytest.raises(ValueError, match="num_processes=1"):
         DPOConfig(optimizer_in_backward=True, max_grad_norm=0.0, num_processes=2)

@@ -9,10 +9,11 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from dpo_core.batching import PACKED_ATTENTION, answer_token_logps, collate
-from dpo_core.dpo.losses import LOSSES, LossSettings, PairLogps, combined_loss
-from dpo_core.models import load_model
-from dpo_core.training import TrainConfig, prepare_for_training
+from dpo_core.common.models import load_model
+from dpo_core.train.batching import PACKED_ATTENTION, answer_token_logps, collate
+from dpo_core.train.config import TrainConfig
+from dpo_core.train.dpo.losses import LOSSES, LossSettings, PairLogps, combined_loss
+from dpo_core.train.loop import prepare_for_training
 
 # One pair, float64:  pc=-10, pr=-14, rc=-11, rr=-12, |c|=4, |r|=8
 #   d       = (pc - rc) - (pr - rr) = 1 - (-2) = 3

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 from datasets import load_from_disk
 
-from dpo_core.binarize import binarize
-from dpo_core.build_dataset import BuildConfig, build_dataset
-from dpo_core.data.io import read_jsonl
-from dpo_core.feedback import FeedbackConfig, collect_feedback
-from dpo_core.generation import SamplingConfig
-from dpo_core.records import JudgedCandidate, PreferencePair, PromptRecord
+from dpo_core.common.io import read_jsonl
+from dpo_core.common.records import JudgedCandidate, PreferencePair, PromptRecord
+from dpo_core.data.build_dataset import BuildConfig, build_dataset
+from dpo_core.feedback.binarize import binarize
+from dpo_core.feedback.config import FeedbackConfig
+from dpo_core.feedback.stage import collect_feedback
+from dpo_core.inference.config import SamplingConfig
 
 PROMPT = PromptRecord("p1", [{"role": "user", "content": "hi"}], [{"kind": "lowercase", "args": {}}])
 

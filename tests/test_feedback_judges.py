@@ -6,17 +6,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dpo_core.data.io import read_jsonl, write_jsonl
-from dpo_core.feedback import FeedbackConfig, collect_feedback
-from dpo_core.generation import SamplingConfig, generate
-from dpo_core.item_cache import ItemCache, item_key
-from dpo_core.judges.backends import ClientOptions, LocalChat
+from dpo_core.common.io import read_jsonl, write_jsonl
+from dpo_core.common.models import load_model, load_tokenizer
+from dpo_core.common.records import PreferencePair, PromptRecord
+from dpo_core.feedback.config import FeedbackConfig
+from dpo_core.feedback.item_cache import ItemCache, item_key
+from dpo_core.feedback.stage import collect_feedback
+from dpo_core.inference.backends import LocalChat
+from dpo_core.inference.config import ClientOptions, SamplingConfig
+from dpo_core.inference.generation import generate
 from dpo_core.judges.pairwise import PairwiseJudge
 from dpo_core.judges.reward_model import RewardModelJudge
 from dpo_core.judges.rubric import RubricJudge, judge_prompt, parse_ratings
 from dpo_core.judges.verdicts import SetAside, Verdict
-from dpo_core.models import load_model, load_tokenizer
-from dpo_core.records import PreferencePair, PromptRecord
 
 PROMPT = PromptRecord("p1", [{"role": "user", "content": "Name a colour."}])
 
@@ -152,7 +154,7 @@ def test_rubric_verdict_averages_aspects_into_zero_to_one():
 
 
 def test_generator_specs():
-    from dpo_core.generators import LocalGenerator, OpenAIGenerator, make_generator
+    from dpo_core.feedback.generators import LocalGenerator, OpenAIGenerator, make_generator
 
     options = ClientOptions()
     assert make_generator("embedded:smollm2-135m-instruct", options).name == "embedded:smollm2-135m-instruct"

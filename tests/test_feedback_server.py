@@ -1,4 +1,4 @@
-"""The feedback stage against a real OpenAI-compatible server on loopback (dpo_core.serve with a
+"""The feedback stage against a real OpenAI-compatible server on loopback (dpo_core.inference.serve with a
 tiny model, behind injected faults): retries, set-asides, a kill mid-stage and a re-run."""
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from dpo_core.data.io import read_jsonl, write_jsonl
-from dpo_core.feedback import FeedbackConfig, collect_feedback
-from dpo_core.generation import SamplingConfig
-from dpo_core.item_cache import ItemCache
-from dpo_core.judges.backends import ClientOptions
-from dpo_core.records import PromptRecord
+from dpo_core.common.io import read_jsonl, write_jsonl
+from dpo_core.common.records import PromptRecord
+from dpo_core.feedback.config import FeedbackConfig
+from dpo_core.feedback.item_cache import ItemCache
+from dpo_core.feedback.stage import collect_feedback
+from dpo_core.inference.backends import ClientOptions
+from dpo_core.inference.config import SamplingConfig
 
 HERE = Path(__file__).parent
 
@@ -194,7 +195,7 @@ def test_a_prefect_secret_block_reaches_the_stage_as_its_key_variable(prefect_se
 
 
 def test_the_rate_limit_spaces_request_starts(server):
-    from dpo_core.openai_client import OpenAIClient, Reply
+    from dpo_core.inference.openai_client import OpenAIClient, Reply
 
     url, log_path = server()
     client = OpenAIClient(url, "tiny", concurrency=8, requests_per_s=4.0)
@@ -212,7 +213,7 @@ def test_server_answers_out_of_range_sampling_with_a_400_not_a_500(tiny_model):
     request's fault."""
     from fastapi.testclient import TestClient
 
-    from dpo_core.serve import create_app
+    from dpo_core.inference.serve import create_app
 
     client = TestClient(create_app(tiny_model), raise_server_exceptions=False)
     body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}

@@ -12,7 +12,7 @@ from types import ModuleType
 
 import pytest
 
-from dpo_core.instructions import (
+from dpo_core.data.instructions import (
     CHECKERS,
     INSTRUCTION_SET_PATH,
     check_instructions,

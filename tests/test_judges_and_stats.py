@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dpo_core.benchmarks import mt_bench, pairwise
-from dpo_core.benchmarks.stats import length_controlled_win_rate, paired_bootstrap, win_rate
-from dpo_core.judges.backends import ClientOptions, LocalChat, OpenAIChat, make_backend
+from dpo_core.evaluate.benchmarks import mt_bench, pairwise
+from dpo_core.evaluate.benchmarks.stats import length_controlled_win_rate, paired_bootstrap, win_rate
+from dpo_core.inference.backends import LocalChat, OpenAIChat, make_backend
+from dpo_core.inference.config import ClientOptions
 from dpo_core.judges.parsing import parse_rating, parse_verdict
 
 SAMPLE = Path(__file__).parents[1] / "configs" / "mt_bench_sample.jsonl"

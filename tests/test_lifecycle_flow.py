@@ -10,16 +10,15 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from dpo_core.build_dataset import BuildConfig
-from dpo_core.dpo.trainer import DPOConfig
-from dpo_core.evaluate import EvalConfig
-from dpo_core.feedback import FeedbackConfig
-from dpo_core.gate import GateConfig
-from dpo_core.generation import SamplingConfig
-from dpo_core.sft import SFTConfig
-from tasks import registry
-from tasks.settings import tracking_uri
-from tasks.tracking import EXPERIMENT
+from dpo_core.data.build_dataset import BuildConfig
+from dpo_core.evaluate.config import EvalConfig
+from dpo_core.evaluate.gate import GateConfig
+from dpo_core.feedback.config import FeedbackConfig
+from dpo_core.inference.config import SamplingConfig
+from dpo_core.train.config import DPOConfig, SFTConfig
+from tasks.plumbing import registry
+from tasks.plumbing.settings import tracking_uri
+from tasks.plumbing.tracking import EXPERIMENT
 
 DATA = Path(__file__).parent / "data"
 MT_BENCH = Path(__file__).parents[1] / "configs" / "mt_bench_sample.jsonl"

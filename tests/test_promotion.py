@@ -6,9 +6,9 @@ from __future__ import annotations
 import mlflow
 import pytest
 
-from dpo_core.gate import GateConfig, decide, per_prompt_scores
-from dpo_core.records import EvalSample
-from tasks import registry
+from dpo_core.common.records import EvalSample
+from dpo_core.evaluate.gate import GateConfig, decide, per_prompt_scores
+from tasks.plumbing import registry
 
 
 def _samples(label: str, passes: list[list[bool]]) -> list[EvalSample]:

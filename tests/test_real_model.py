@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from dpo_core.batching import answer_token_logps, collate
-from dpo_core.chat import encode
-from dpo_core.dpo.losses import LossSettings, PairLogps, sigmoid
-from dpo_core.generation import SamplingConfig, generate
-from dpo_core.models import EMBEDDED_DEFAULT, load_model, load_tokenizer, resolve_model
+from dpo_core.common.chat import encode
+from dpo_core.common.models import EMBEDDED_DEFAULT, load_model, load_tokenizer, resolve_model
+from dpo_core.inference.config import SamplingConfig
+from dpo_core.inference.generation import generate
+from dpo_core.train.batching import answer_token_logps, collate
+from dpo_core.train.dpo.losses import LossSettings, PairLogps, sigmoid
 
 pytestmark = pytest.mark.real_model
 

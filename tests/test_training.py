@@ -11,10 +11,11 @@ from safetensors.torch import load_file
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch.testing import assert_close
 
-from dpo_core.data.io import write_jsonl
-from dpo_core.dpo.trainer import DPOConfig, train_dpo
-from dpo_core.models import load_model
-from dpo_core.sft import SFTConfig, train_sft
+from dpo_core.common.io import write_jsonl
+from dpo_core.common.models import load_model
+from dpo_core.train.config import DPOConfig, SFTConfig
+from dpo_core.train.dpo.trainer import train_dpo
+from dpo_core.train.sft import train_sft
 
 CHAT = [{"role": "user", "content": "Write one word in lowercase."}]
 

@@ -17,10 +17,10 @@ from torch.testing import assert_close
 from trl import DPOConfig as TRLConfig
 from trl import DPOTrainer
 
-from dpo_core.batching import answer_token_logps, collate
-from dpo_core.dpo.losses import LossSettings
-from dpo_core.dpo.trainer import dpo_step
-from dpo_core.models import load_model, load_tokenizer
+from dpo_core.common.models import load_model, load_tokenizer
+from dpo_core.train.batching import answer_token_logps, collate
+from dpo_core.train.dpo.losses import LossSettings
+from dpo_core.train.dpo.trainer import dpo_step
 
 
 def _user(text):

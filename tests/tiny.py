@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
-from dpo_core.models import ensure_embedded_default, load_tokenizer
+from dpo_core.common.models import ensure_embedded_default, load_tokenizer
 
 
 def make_tiny_model(dest: Path, seed: int = 0) -> Path:

@@ -1,1 +1,1 @@
-"""Reading and writing the row files that pass between stages."""
+"""Stage 1, build dataset: load, validate, dedupe, filter, split and decontaminate the rows a team brings."""

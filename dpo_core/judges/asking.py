@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from dpo_core.openai_client import Failure
+from dpo_core.inference.openai_client import Failure
 
 
 def ask_until_parsed(

@@ -4,14 +4,14 @@ bias); an answer wins only if both orders agree, and disagreement is a tie.
 
 ``PairwiseJudge`` scores a prompt's candidates by comparing every two of them: a candidate's
 score is its share of wins over the others, ties counting half. The benchmark's win rate against
-a baseline (dpo_core.benchmarks.pairwise) uses the same prompt and rule.
+a baseline (dpo_core.evaluate.benchmarks.pairwise) uses the same prompt and rule.
 """
 
 from __future__ import annotations
 
 from itertools import combinations
 
-from dpo_core.digest import digest_json
+from dpo_core.common.digest import digest_json
 from dpo_core.judges.asking import ask_until_parsed
 from dpo_core.judges.parsing import parse_verdict
 from dpo_core.judges.rubric import instruction_text

@@ -13,8 +13,8 @@ import math
 import torch
 from transformers import AutoModelForSequenceClassification
 
+from dpo_core.common.models import load_tokenizer, resolve_model
 from dpo_core.judges.verdicts import Verdict
-from dpo_core.models import load_tokenizer, resolve_model
 
 
 class RewardModelJudge:

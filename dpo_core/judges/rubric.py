@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable
 from typing import Literal, get_args
 
-from dpo_core.digest import digest_json
+from dpo_core.common.digest import digest_json
 from dpo_core.judges.asking import ask_until_parsed
 from dpo_core.judges.verdicts import SetAside, Verdict
 

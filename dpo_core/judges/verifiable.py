@@ -6,7 +6,7 @@ an all-way tie and more preference pairs survive binarization.
 
 from __future__ import annotations
 
-from dpo_core.instructions import check_instructions
+from dpo_core.data.instructions import check_instructions
 from dpo_core.judges.verdicts import Verdict
 
 NAME = "verifiable-v1"

@@ -1,0 +1,1 @@
+"""Stage 5, evaluate and promote: held-out answers, benchmarks, and the gate that promotes only a winner."""

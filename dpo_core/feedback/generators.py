@@ -1,0 +1,83 @@
+"""Candidate generators behind one interface: a local transformers model, or any
+OpenAI-compatible chat endpoint (vLLM, TGI, Ollama, llama.cpp server, hosted APIs).
+
+``run(requests, sampling, on_sample)`` takes (chat, sample index) requests and calls
+``on_sample(request index, Sample | Failure)`` as each sample is ready, so the caller stores it
+before the rest arrive. A pool of generators (UltraFeedback drew 4 answers from 4 different
+models) is a list of specs; every candidate keeps its generator's name.
+
+Specs: ``local:<model ref>`` or ``openai:<base_url>|<model>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from dpo_core.common.models import load_model, load_tokenizer, resolve_model
+from dpo_core.inference.backends import make_client, openai_endpoint
+from dpo_core.inference.config import ClientOptions, SamplingConfig
+from dpo_core.inference.generation import generate
+from dpo_core.inference.openai_client import Failure, Usage
+
+Request = tuple[list[dict], int]  # (chat, sample index k in 0..K-1)
+
+
+@dataclass(frozen=True)
+class Sample:
+    text: str
+    n_tokens: int
+
+
+class LocalGenerator:
+    """Batched sampling from a local model (loaded on first use): all K samples of a prompt come
+    from one batch, so a request for any of them generates the prompt's K together."""
+
+    def __init__(self, model_ref: str):
+        self.model_ref, self.name = model_ref, model_ref
+        self.usage = Usage()
+        self._loaded = None
+
+    def run(self, requests: list[Request], sampling: SamplingConfig, on_sample: Callable[[int, Sample | Failure], None]) -> None:
+        if not requests:
+            return
+        if self._loaded is None:
+            path = resolve_model(self.model_ref)
+            self._loaded = load_model(path), load_tokenizer(path)
+        chats: dict[str, list[dict]] = {}
+        wanted: dict[str, list[tuple[int, int]]] = {}  # chat -> [(request index, k)]
+        for i, (chat, k) in enumerate(requests):
+            key = repr(chat)
+            chats.setdefault(key, chat)
+            wanted.setdefault(key, []).append((i, k))
+        keys = list(chats)
+
+        def done(p, generations):
+            self.usage.requests += 1
+            self.usage.completion_tokens += sum(g.n_tokens for g in generations)
+            for i, k in wanted[keys[p]]:
+                on_sample(i, Sample(generations[k].text, generations[k].n_tokens))
+
+        generate(*self._loaded, [chats[k] for k in keys], sampling, on_prompt=done)
+
+
+class OpenAIGenerator:
+    """One request per sample, seeded ``sampling.seed + k`` (servers that honour ``seed``, such as
+    vLLM, then give the same sample again)."""
+
+    def __init__(self, base_url: str, model: str, options: ClientOptions):
+        self.client = make_client(base_url, model, options)
+        self.name, self.usage = self.client.name, self.client.usage
+
+    def run(self, requests: list[Request], sampling: SamplingConfig, on_sample: Callable[[int, Sample | Failure], None]) -> None:
+        bodies = [{"messages": chat, "max_tokens": sampling.max_new_tokens, "temperature": sampling.temperature,
+                   "top_p": sampling.top_p, "seed": sampling.seed + k} for chat, k in requests]
+        self.client.run(bodies, lambda i, r: on_sample(i, r if isinstance(r, Failure) else Sample(r.text, r.completion_tokens)))
+
+
+def make_generator(spec: str, options: ClientOptions):
+    """``openai:<base_url>|<model>``, ``local:<model ref>``, or a bare model reference (local)."""
+    kind, _, rest = spec.partition(":")
+    if kind == "openai":
+        return OpenAIGenerator(*openai_endpoint(spec, "generator"), options)
+    return LocalGenerator(rest if kind == "local" else spec)

@@ -1,0 +1,1 @@
+"""Answers from models: local batched generation, the OpenAI-compatible client and server, chat backends."""

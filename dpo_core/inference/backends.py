@@ -1,0 +1,100 @@
+"""Chat backends that judges (and candidate generation) talk to: a local transformers model, or
+any OpenAI-compatible server (vLLM, TGI, Ollama, llama.cpp server, hosted APIs).
+
+Both answer a list of conversations through ``run(conversations, max_new_tokens, on_done)``,
+which calls ``on_done(index, text or Failure)`` as each answer is ready (after its batch, for a
+local model; the moment its request returns, for a server), so callers store every finished
+item before the rest arrive. ``complete`` is the same as one list.
+
+The API key is read from the environment variable named in ``api_key_env`` and held out of
+``repr``, logs and MLflow params.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from dpo_core.common.models import load_model, load_tokenizer, resolve_model
+from dpo_core.inference.config import ClientOptions, SamplingConfig
+from dpo_core.inference.generation import generate
+from dpo_core.inference.openai_client import Failure, OpenAIClient, Usage
+
+
+class LocalChat:
+    """Greedy, batched answers from a loaded local model."""
+
+    def __init__(self, model, tokenizer, name: str = "local", batch_size: int = 8):
+        self.model, self.tokenizer, self.name, self.batch_size = model, tokenizer, name, batch_size
+        self.usage = Usage()
+
+    @classmethod
+    def from_ref(cls, model_ref: str) -> LocalChat:
+        path = resolve_model(model_ref)
+        return cls(load_model(path), load_tokenizer(path), f"local:{model_ref}")
+
+    def run(self, conversations: list[list[dict]], max_new_tokens: int, on_done: Callable[[int, str | Failure], None]) -> None:
+        cfg = SamplingConfig(num_samples=1, temperature=0.0, max_new_tokens=max_new_tokens, batch_size=self.batch_size)
+
+        def done(i, generations):
+            self.usage.requests += 1
+            self.usage.completion_tokens += generations[0].n_tokens
+            on_done(i, generations[0].text)
+
+        generate(self.model, self.tokenizer, conversations, cfg, on_prompt=done)
+
+    def complete(self, conversations: list[list[dict]], max_new_tokens: int = 256) -> list[str]:
+        return _collect(self, conversations, max_new_tokens)
+
+
+def openai_endpoint(spec: str, role: str) -> tuple[str, str]:
+    """(base_url, model) of the ``openai:<base_url>|<model>`` spec of a ``role`` (judge, generator)."""
+    base_url, _, model = spec.removeprefix("openai:").partition("|")
+    if not spec.startswith("openai:") or not base_url or not model:
+        raise ValueError(f"{role} {spec!r}: use openai:<base_url>|<model>")
+    return base_url, model
+
+
+def make_client(base_url: str, model: str, options: ClientOptions) -> OpenAIClient:
+    """The client for one endpoint and model, its key read from ``options.api_key_env``."""
+    return OpenAIClient(base_url, model, api_key=os.environ.get(options.api_key_env), timeout_s=options.timeout_s,
+                        max_retries=options.max_retries, concurrency=options.concurrency,
+                        requests_per_s=options.requests_per_s)
+
+
+class OpenAIChat:
+    """Greedy (temperature 0) answers from an OpenAI-compatible server."""
+
+    def __init__(self, base_url: str, model: str, options: ClientOptions | None = None):
+        self.client = make_client(base_url, model, options or ClientOptions())
+        self.name, self.usage = self.client.name, self.client.usage
+
+    def __repr__(self) -> str:
+        return f"OpenAIChat({self.client.base_url!r}, {self.client.model!r})"
+
+    def run(self, conversations: list[list[dict]], max_new_tokens: int, on_done: Callable[[int, str | Failure], None]) -> None:
+        bodies = [{"messages": c, "max_tokens": max_new_tokens, "temperature": 0.0} for c in conversations]
+        self.client.run(bodies, lambda i, r: on_done(i, r if isinstance(r, Failure) else r.text))
+
+    def complete(self, conversations: list[list[dict]], max_new_tokens: int = 256) -> list[str]:
+        return _collect(self, conversations, max_new_tokens)
+
+
+def _collect(backend, conversations, max_new_tokens) -> list[str]:
+    """Answers in order; a request that failed for good raises, naming its reason."""
+    answers: list[str | Failure] = [Failure("no answer")] * len(conversations)
+    backend.run(conversations, max_new_tokens, answers.__setitem__)
+    failed = [(i, a.reason) for i, a in enumerate(answers) if isinstance(a, Failure)]
+    if failed:
+        raise RuntimeError(f"{backend.name}: {len(failed)} of {len(answers)} requests failed; first: {failed[0]}")
+    return answers
+
+
+def make_backend(spec: str, options: ClientOptions | None = None):
+    """``local:<model ref>`` or ``openai:<base_url>|<model>`` (key from ``options.api_key_env``)."""
+    kind, _, rest = spec.partition(":")
+    if kind == "local":
+        return LocalChat.from_ref(rest)
+    if kind == "openai":
+        return OpenAIChat(*openai_endpoint(spec, "judge"), options)
+    raise ValueError(f"judge {spec!r}: use local:<model ref> or openai:<base_url>|<model>")

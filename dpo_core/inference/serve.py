@@ -1,0 +1,87 @@
+"""An OpenAI-compatible chat server for a local model: ``POST /v1/chat/completions`` and
+``GET /v1/models``, enough for this project's generators and judges.
+
+    python -m dpo_core.inference.serve --model embedded:smollm2-135m-instruct --port 8000
+
+It answers one request at a time, for development, tests and a small judge on one machine.
+vLLM or TGI serve production traffic through the same API, so nothing else changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+import uuid
+
+from fastapi import FastAPI, HTTPException
+from pydantic import BaseModel, Field
+
+from dpo_core.common.models import load_model, load_tokenizer, resolve_model
+from dpo_core.inference.config import SamplingConfig
+from dpo_core.inference.generation import generate
+
+
+class Message(BaseModel):
+    role: str
+    content: str
+
+
+class ChatRequest(BaseModel):
+    model: str | None = None
+    messages: list[Message] = Field(min_length=1)
+    max_tokens: int = Field(default=256, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    seed: int | None = None
+
+
+def create_app(model_ref: str, served_name: str | None = None) -> FastAPI:
+    path = resolve_model(model_ref)
+    model, tokenizer = load_model(path), load_tokenizer(path)
+    name = served_name or model_ref
+    lock = threading.Lock()  # one generate at a time: the model is not re-entrant
+    app = FastAPI(title=f"dpo-pipeline OpenAI-compatible server ({name})")
+
+    @app.get("/v1/models")
+    def models() -> dict:
+        return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "dpo-pipeline"}]}
+
+    @app.post("/v1/chat/completions")
+    def chat(request: ChatRequest) -> dict:
+        messages = [m.model_dump() for m in request.messages]
+        try:
+            cfg = SamplingConfig(num_samples=1, max_new_tokens=request.max_tokens, temperature=request.temperature,
+                                 top_p=request.top_p, batch_size=1, seed=request.seed or 0)
+        except ValueError as exc:  # out of the sampler's bounds: the request's fault, not worth a retry
+            raise HTTPException(status_code=400, detail=str(exc)) from None
+        with lock:
+            answer = generate(model, tokenizer, [messages], cfg)[0][0]
+        prompt_tokens = len(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+            "model": name,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
+                         "finish_reason": "length" if answer.n_tokens >= request.max_tokens else "stop"}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": answer.n_tokens,
+                      "total_tokens": prompt_tokens + answer.n_tokens},
+        }
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    import uvicorn
+
+    parser = argparse.ArgumentParser(prog="python -m dpo_core.inference.serve", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="embedded:smollm2-135m-instruct")
+    parser.add_argument("--served-name", help="the model name clients ask for (default: --model)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    args = parser.parse_args(argv)
+    uvicorn.run(create_app(args.model, args.served_name), host=args.host, port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

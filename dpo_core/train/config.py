@@ -1,0 +1,116 @@
+"""The SFT and DPO configs: every field the trainers read, with why its default was chosen.
+
+Kept free of torch so Prefect's flow process, ``prefect deploy`` and the UI's parameter forms
+load them without loading a model stack.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from dpo_core.common.config import config_dataclass
+
+LossName = Literal["sigmoid", "cdpo", "robust", "ipo", "ipo_sum", "hinge", "sigmoid_norm", "simpo", "sft"]
+REFERENCE_FREE = {"simpo", "sft"}  # losses that never read reference log-probs
+NOISY_LABEL_LOSSES = {"cdpo", "robust"}  # losses that read label_smoothing
+
+
+@config_dataclass
+class TrainConfig:
+    lora: bool = Field(True, description="Train a LoRA adapter (on by default: a 135M-7B model fits one device); "
+                                         "off: full fine-tune")
+    lora_r: int = Field(16, ge=1, le=1024, description="LoRA rank; 16 on all linear layers matches the QLoRA "
+                                                       "paper's quality at a small adapter")
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r = 2, the common choice)")
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input; 0 keeps runs "
+                                                                 "deterministic and small sets rarely overfit in 1-2 epochs")
+    learning_rate: float = Field(2e-4, gt=0.0, le=1.0, description="Peak learning rate; LoRA needs rates far above "
+                                                                   "a full fine-tune's (2e-4 vs ~2e-5)")
+    epochs: int = Field(1, ge=1, le=100, description="Passes over the training set (Zephyr: 1 for SFT)")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (the schedule spans them)")
+    batch_size: int = Field(4, ge=1, description="Examples (SFT) or pairs (DPO) per micro-batch, per process")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step")
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0, description="Share of optimizer steps spent warming up "
+                                                                 "(0.1, as the alignment-handbook recipes)")
+    scheduler: Literal["cosine", "linear"] = Field("cosine", description="Decay after warm-up")
+    max_grad_norm: float = Field(1.0, ge=0.0, description="Clip the global gradient norm to this (0: no clipping)")
+    optimizer_in_backward: bool = Field(
+        False, description="Step each parameter inside backward: no whole gradient held (needs max_grad_norm=0)")
+    max_length: int = Field(512, ge=16, description="Prompt + answer tokens; longer examples lose the prompt's start")
+    gradient_checkpointing: bool = Field(True, description="Recompute layer activations in backward (TRL's default): "
+                                                           "less memory for about a third more compute")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast on a GPU that has it, else fp32; bf16 also runs on CPUs with "
+                            "AVX512_BF16 (see NOTES: about 4x fp32 matmuls there)")
+    eval_steps: int = Field(0, ge=0, description="Evaluate on the held-out pairs every N optimizer steps "
+                                                 "(0: only at the end)")
+    save_steps: int = Field(0, ge=0, description="Checkpoint every N optimizer steps for resume (0: never)")
+    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept: the newest, and one before it in case "
+                                                       "the newest was cut short")
+    seed: int = Field(0, ge=0, description="Seeds the data order, LoRA init and dropout")
+    num_processes: int = Field(1, ge=1, le=1024, description=(
+        "Data-parallel processes started by accelerate launch, one per GPU; each optimizer step "
+        "takes batch_size * grad_accum * num_processes examples"))
+
+    def __post_init__(self):
+        if self.optimizer_in_backward and (self.max_grad_norm or self.grad_accum > 1 or self.num_processes > 1):
+            raise ValueError("optimizer_in_backward updates each parameter as soon as its gradient is ready, so it "
+                             "cannot clip by the global norm, accumulate, or sum gradients over processes: set "
+                             "max_grad_norm=0, grad_accum=1 and num_processes=1")
+
+
+@config_dataclass
+class SFTConfig(TrainConfig):
+    min_score: float = Field(1.0, ge=0.0, le=1.0, description="A prompt's best candidate joins the SFT set only if "
+                                                              "it scores at least this (1.0: follows every instruction)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.eval_steps:
+            raise ValueError(f"eval_steps={self.eval_steps}: SFT holds out no examples to evaluate on; set "
+                             "eval_steps=0")
+
+
+@config_dataclass
+class DPOConfig(TrainConfig):
+    """The model passed to ``train_dpo`` is both the starting policy and the reference."""
+
+    beta: float = Field(0.1, gt=0.0, le=10.0, description="Strength of the KL anchor to the reference (DPO's beta; "
+                                                          "0.1 as in Zephyr)")
+    loss_type: list[LossName] = Field(default_factory=lambda: ["sigmoid"], min_length=1,
+                                      description="One or more losses, summed with loss_weights")
+    loss_weights: list[float] | None = Field(None, description="One weight per loss type (default: all 1.0)")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="cdpo / robust only: assumed share of "
+                                                                     "flipped preference labels")
+    simpo_gamma: float | None = Field(None, ge=0.0, description="simpo only: target reward margin (default 0.5, "
+                                                                "the SimPO paper's middle setting)")
+    precompute_reference: bool = Field(True, description="Reference log-probs once before training, cached on disk "
+                                                         "(no second model in memory)")
+    share_prefix: bool = Field(True, description="Run each pair's prompt once for both answers (prefix sharing: "
+                                                 "same result, fewer tokens)")
+    eval_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="Share of pairs held out for eval_ metrics and "
+                                                                  "the evaluation stage's preference accuracy")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
+            raise ValueError(f"loss_weights has {len(self.loss_weights)} entries for {len(self.loss_type)} loss types")
+        if self.label_smoothing and not NOISY_LABEL_LOSSES & set(self.loss_type):
+            raise ValueError(f"label_smoothing={self.label_smoothing} is read only by the cdpo and robust losses, "
+                             f"not {self.loss_type}: add one of them to loss_type or set label_smoothing=0")
+        if self.simpo_gamma is not None and "simpo" not in self.loss_type:
+            raise ValueError(f"simpo_gamma={self.simpo_gamma} is read only by the simpo loss, not {self.loss_type}: "
+                             "add simpo to loss_type or leave simpo_gamma unset")
+        if self.eval_steps and not self.eval_fraction:
+            raise ValueError(f"eval_steps={self.eval_steps} needs held-out pairs: set eval_fraction above 0 "
+                             "(0.1, say) or eval_steps=0")
+
+    @property
+    def weights(self) -> list[float]:
+        return self.loss_weights or [1.0] * len(self.loss_type)
+
+    @property
+    def needs_reference(self) -> bool:
+        return not set(self.loss_type) <= REFERENCE_FREE

@@ -1,0 +1,1 @@
+"""Direct preference optimization: losses, reference log-probs and the trainer."""

@@ -1,0 +1,76 @@
+"""Reference log-probabilities, computed once and kept on disk.
+
+The reference never changes during training, so its log-probs over the training pairs are
+computed in one no-grad pass before the first step, and stored under a key made of the reference
+model's fingerprint and the digest of the exact token ids (which covers the data, the chat
+template and the truncation). A later run with the same key, a new beta or loss say, reads them
+back instead of running the reference again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from dpo_core.common.digest import digest_json
+from dpo_core.train import distributed
+from dpo_core.train.batching import answer_token_logps, collate, to_device
+from dpo_core.train.loop import device
+
+Example = tuple[list[int], list[list[int]]]  # (prompt_ids, [chosen_ids, rejected_ids])
+
+
+def reference_key(model_fingerprint: str, examples: Sequence[Example]) -> str:
+    return digest_json(["ref-logps-v1", model_fingerprint, [list(e) for e in examples]])
+
+
+def cache_path(cache_dir: Path, key: str) -> Path:
+    return Path(cache_dir) / "reference-logps" / f"{key}.safetensors"
+
+
+@torch.no_grad()
+def pair_logps(model, batch, disable_adapter: bool = False) -> torch.Tensor:
+    """(B, 2) summed log-probs of [chosen, rejected] for one collated batch of pairs, with a PEFT
+    model's adapter off when ``disable_adapter``."""
+    with model.disable_adapter() if disable_adapter else contextlib.nullcontext():
+        logps, _ = answer_token_logps(model, batch)
+    return logps.sum(-1).view(-1, 2)
+
+
+@torch.no_grad()
+def compute_reference_logps(model, examples: Sequence[Example], pad_id: int, batch_size: int,
+                            share_prefix: bool = True, disable_adapter: bool = False) -> torch.Tensor:
+    """(N, 2) summed log-probs of [chosen, rejected] for every example under ``model``, run in
+    eval mode and, for a PEFT model whose adapter stands for the policy, with the adapter off.
+    Under a launcher each process runs its share and all get the whole table."""
+    was_training = model.training
+    model.eval()
+    mine = distributed.shard(range(len(examples)))
+    rows: list[tuple[int, torch.Tensor]] = []
+    for s in range(0, len(mine), batch_size):
+        ids = mine[s : s + batch_size]
+        batch = to_device(collate([examples[i] for i in ids], pad_id, share_prefix), device())
+        rows += zip(ids, pair_logps(model, batch, disable_adapter).float().cpu(), strict=True)
+    model.train(was_training)
+    table = torch.zeros(len(examples), 2)
+    for i, logps in distributed.gather(rows):
+        table[i] = logps
+    return table
+
+
+def load_or_compute(path: Path, compute) -> tuple[torch.Tensor, bool]:
+    """The cached tensor at ``path`` (and True), or ``compute()`` saved there atomically (and False)."""
+    if path.exists():
+        return load_file(path)["logps"], True
+    logps = compute()
+    if distributed.is_main():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        save_file({"logps": logps.contiguous()}, tmp)
+        tmp.replace(path)
+    return logps, False

@@ -1,0 +1,128 @@
+"""Stage 4, DPO: train the policy on preference pairs against a frozen reference.
+
+Lifecycle: ``setup`` (model, reference, tokenized pairs) -> reference log-probs (once, cached on
+disk) -> ``fit`` (the shared loop: accumulation, schedule, eval, checkpoints, resume) -> save.
+
+Reference modes: ``precompute_reference`` (default) runs the reference once over all pairs
+before training, with the policy itself (identical to the reference at step 0), caching the
+result on disk; otherwise the reference runs every step: the policy with its LoRA adapter
+disabled, or a frozen copy for a full fine-tune.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dpo_core.common.chat import encode
+from dpo_core.common.io import read_jsonl, write_jsonl
+from dpo_core.common.models import cache_dir, load_model, load_tokenizer, model_fingerprint, resolve_model
+from dpo_core.common.records import PreferencePair
+from dpo_core.train import distributed
+from dpo_core.train.batching import Batch, answer_token_logps, collate, to_device
+from dpo_core.train.config import DPOConfig
+from dpo_core.train.dpo.losses import LossSettings, PairLogps, combined_loss
+from dpo_core.train.dpo.reference import cache_path, compute_reference_logps, load_or_compute, pair_logps, reference_key
+from dpo_core.train.loop import TrainResult, device, fit, prepare_for_training, save_trained
+
+
+@dataclass
+class PairBatch:
+    batch: Batch  # 2 answers per prompt: rows 2i (chosen) and 2i+1 (rejected)
+    ref: torch.Tensor  # (B, 2) reference log-probs of [chosen, rejected]; zeros when not precomputed
+
+    def to(self, dev):
+        return PairBatch(to_device(self.batch, dev), self.ref.to(dev))
+
+
+def train_dpo(
+    cfg: DPOConfig, model_ref: str, pairs_path: Path, out_dir: Path,
+    on_step: Callable[[int, int, dict], None] | None = None,
+) -> TrainResult:
+    torch.manual_seed(cfg.seed)
+    pairs = [PreferencePair(**r) for r in read_jsonl(pairs_path)]
+    if not pairs:
+        raise ValueError(f"{pairs_path} holds no preference pairs: collect feedback on more prompts")
+    path = resolve_model(model_ref)
+    tokenizer = load_tokenizer(path)
+    examples = [encode(tokenizer, p.prompt, [p.chosen[0]["content"], p.rejected[0]["content"]], cfg.max_length)
+                for p in pairs]
+    policy = prepare_for_training(load_model(path), cfg)
+
+    # Before the first step the policy *is* the reference (a fresh LoRA adapter adds zero), so
+    # precomputed reference log-probs need no second copy of the weights. Only a per-step
+    # reference needs one: the adapter-disabled policy with LoRA, a frozen copy otherwise.
+    ref_model = None
+    if cfg.needs_reference and not cfg.precompute_reference:
+        ref_model = policy if cfg.lora else load_model(path).to(device()).eval().requires_grad_(False)
+    ref_logps = torch.zeros(len(examples), 2)
+    reused, ref_started = False, time.perf_counter()
+    if cfg.needs_reference and cfg.precompute_reference:
+        key = reference_key(model_fingerprint(path), examples)
+        ref_logps, reused = load_or_compute(cache_path(cache_dir(), key), lambda: compute_reference_logps(
+            policy, examples, tokenizer.pad_token_id, cfg.batch_size, cfg.share_prefix, disable_adapter=cfg.lora))
+    reference_runtime = time.perf_counter() - ref_started
+    if distributed.is_main():
+        print(f"reference log-probs: {'reused from disk' if reused else 'computed'} in {reference_runtime:.1f}s",
+              flush=True)
+
+    order = list(range(len(pairs)))
+    random.Random(cfg.seed).shuffle(order)
+    n_eval = round(len(order) * cfg.eval_fraction)
+    eval_set = [(examples[i], ref_logps[i]) for i in order[:n_eval]]
+    train_set = [(examples[i], ref_logps[i]) for i in order[n_eval:]]
+    if eval_set and distributed.is_main():  # kept for the evaluation stage: held-out preference accuracy and perplexity
+        write_jsonl(Path(out_dir) / "eval_pairs.jsonl", (pairs[i].to_dict() for i in order[:n_eval]))
+    settings = LossSettings(cfg.beta, cfg.label_smoothing, 0.5 if cfg.simpo_gamma is None else cfg.simpo_gamma)
+
+    def make_batch(items) -> PairBatch:
+        batch = collate([e for e, _ in items], tokenizer.pad_token_id, cfg.share_prefix)
+        return PairBatch(batch, torch.stack([r for _, r in items])).to(device())
+
+    def step_loss(pb: PairBatch):
+        logps, mean_logits = answer_token_logps(policy, pb.batch)
+        ref = pb.ref
+        if cfg.needs_reference and not cfg.precompute_reference:
+            ref = pair_logps(ref_model, pb.batch, disable_adapter=cfg.lora)
+        return dpo_step(logps, mean_logits, pb.batch.answer_mask, ref, settings, cfg.loss_type, cfg.weights,
+                        pb.batch.num_tokens)
+
+    metrics = fit(policy, train_set, make_batch, step_loss, cfg, out_dir, on_step, eval_set)
+    metrics |= {"train_pairs": len(train_set), "eval_pairs": len(eval_set), "reference_reused": float(reused),
+                "reference_runtime": reference_runtime}
+    return save_trained(policy, tokenizer, cfg, out_dir, metrics)
+
+
+def dpo_step(logps, mean_logits, answer_mask, ref, settings: LossSettings, types, weights, num_tokens):
+    """The batch's mean loss and TRL-named metrics from per-token answer log-probs (2B, A)."""
+    summed = logps.sum(-1)
+    lengths = answer_mask.sum(-1)
+    chosen_mask = answer_mask[0::2]
+    s = PairLogps(
+        policy_chosen=summed[0::2], policy_rejected=summed[1::2], ref_chosen=ref[:, 0], ref_rejected=ref[:, 1],
+        chosen_tokens=lengths[0::2], rejected_tokens=lengths[1::2],
+        chosen_nll=-logps[0::2].sum() / chosen_mask.sum(),
+    )
+    loss = combined_loss(s, settings, types, weights).mean()
+    rc = settings.beta * (s.policy_chosen - s.ref_chosen).detach()
+    rr = settings.beta * (s.policy_rejected - s.ref_rejected).detach()
+    metrics = {
+        "loss": loss.item(),
+        "rewards/chosen": rc.mean().item(),
+        "rewards/rejected": rr.mean().item(),
+        "rewards/accuracies": (rc > rr).float().mean().item(),
+        "rewards/margins": (rc - rr).mean().item(),
+        "logps/chosen": s.policy_chosen.detach().mean().item(),
+        "logps/rejected": s.policy_rejected.detach().mean().item(),
+        # token-weighted like TRL: sum of per-position mean logits over the answer tokens
+        "logits/chosen": (mean_logits[0::2].sum() / chosen_mask.sum()).item(),
+        "logits/rejected": (mean_logits[1::2].sum() / answer_mask[1::2].sum()).item(),
+        "num_tokens": float(num_tokens),
+    }
+    return loss, metrics
+

@@ -1,0 +1,239 @@
+"""What SFT and DPO share: the config fields, LoRA setup, the optimisation loop, and saving.
+
+The loop (``fit``) is small and owned here rather than borrowed from ``transformers.Trainer``:
+AdamW, warm-up then cosine or linear decay, gradient accumulation that averages over examples
+(so 4 micro-batches of 1 equal one batch of 4), clipping, bf16 autocast where the device has it,
+evaluation and checkpoints every N steps, and resume from the last checkpoint with optimizer,
+scheduler and RNG state. One metrics line per optimizer step goes to ``metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import json
+import math
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import get_scheduler
+
+from dpo_core.common.digest import digest_files
+from dpo_core.train import distributed
+from dpo_core.train.config import TrainConfig
+from dpo_core.train.optim import make_optimizer
+
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c")) if sys.platform == "linux" else None
+
+
+@dataclass
+class TrainResult:
+    model_path: str  # merged full model (safetensors): what later stages load
+    adapter_path: str | None  # the LoRA adapter alone, when lora=True
+    digest: str  # of the saved weights
+    metrics: dict  # last step's metrics plus totals
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by the last step back to the OS. glibc keeps freed heap blocks for
+    reuse, and activations of varying shapes fragment that heap until the resident size is
+    several times what is live; ``malloc_trim`` costs milliseconds per step."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def device() -> torch.device:
+    """This process's GPU (its local rank's, under a launcher), else the CPU."""
+    return distributed.state().device
+
+
+def prepare_for_training(model, cfg: TrainConfig):
+    """Move to the device, turn on gradient checkpointing if asked, and wrap with a fresh LoRA
+    adapter on every linear layer when ``cfg.lora`` (QLoRA paper: all linear layers beat
+    attention-only at equal rank)."""
+    model = model.to(device())
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    if not cfg.lora:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+        target_modules="all-linear", task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, lora)
+    model.enable_input_require_grads()
+    return model
+
+
+def autocast(cfg: TrainConfig):
+    """bf16 autocast where asked for or, with "auto", on a GPU that supports it; fp32 on CPUs
+    (bf16 matmuls are several times slower than fp32 on common x86 CPUs)."""
+    dev = device()
+    use_bf16 = cfg.precision == "bf16" or (
+        cfg.precision == "auto" and dev.type == "cuda" and torch.cuda.is_bf16_supported())
+    return torch.autocast(dev.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+
+
+def fit(
+    model,
+    examples: Sequence,
+    make_batch: Callable[[list], object],
+    step_loss: Callable[[object], tuple[torch.Tensor, dict[str, float]]],
+    cfg: TrainConfig,
+    out_dir: Path,
+    on_step: Callable[[int, int, dict], None] | None = None,
+    eval_examples: Sequence = (),
+) -> dict:
+    """Optimise ``step_loss`` (mean loss of a batch, and its metrics) over ``examples``.
+
+    Each optimizer step takes ``batch_size * grad_accum * processes`` examples from a per-epoch
+    permutation seeded by ``seed + epoch``, so a resumed run sees exactly the data an
+    uninterrupted one would. Each process trains on every ``processes``-th of them; the main
+    process alone writes metrics and checkpoints.
+    """
+    out_dir = Path(out_dir)
+    params = [p for p in model.parameters() if p.requires_grad]
+    distributed.broadcast_parameters(params)
+    optimizer = make_optimizer(params, cfg.learning_rate, cfg.max_grad_norm, cfg.optimizer_in_backward)
+    group = cfg.batch_size * cfg.grad_accum * distributed.world_size()
+    steps_per_epoch = math.ceil(len(examples) / group)
+    total_steps = min(steps_per_epoch * cfg.epochs, cfg.max_steps or math.inf)
+    scheduler = get_scheduler(cfg.scheduler, optimizer.lead, num_warmup_steps=round(cfg.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
+    step = _resume(model, optimizer, scheduler, out_dir)
+    metrics_path = out_dir / "metrics.jsonl"
+    if distributed.is_main():
+        _truncate_metrics(metrics_path, step)
+    last: dict = {}
+    started = time.perf_counter()
+    model.train()
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(contextlib.closing(optimizer))
+        log = stack.enter_context(metrics_path.open("a")) if distributed.is_main() else None
+        while step < total_steps:
+            epoch, index = divmod(step, steps_per_epoch)
+            order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed + epoch)).tolist()
+            chosen = [examples[i] for i in order[index * group : (index + 1) * group]]
+            mine = distributed.shard(chosen)
+            sums: dict[str, float] = {}
+            for start in range(0, len(mine), cfg.batch_size):
+                micro = mine[start : start + cfg.batch_size]
+                weight = len(micro) / len(chosen)  # average over the step's examples, not micro-batches
+                with autocast(cfg):
+                    loss, metrics = step_loss(make_batch(micro))
+                (loss * weight).backward()
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + v * weight
+            sums = distributed.sum_values(sums)
+            distributed.sum_gradients(params)
+            lr = scheduler.get_last_lr()[0]
+            grad_norm = optimizer.step()
+            scheduler.step()
+            release_freed_memory()
+            step += 1
+            last = sums | {"grad_norm": grad_norm, "learning_rate": lr, "epoch": step / steps_per_epoch}
+            if eval_examples and ((cfg.eval_steps and step % cfg.eval_steps == 0) or step == total_steps):
+                last |= evaluate_loss(model, eval_examples, make_batch, step_loss, cfg)
+            if log is not None:  # before the checkpoint: a run resumed from it has this step's line
+                log.write(json.dumps({"step": step} | last) + "\n")
+                log.flush()
+            if cfg.save_steps and step % cfg.save_steps == 0 and step < total_steps:
+                _save_checkpoint(model, optimizer, scheduler, step, out_dir, cfg.save_total_limit)
+            if on_step and log is not None:
+                on_step(step, total_steps, last)
+    return last | {"train_runtime": time.perf_counter() - started}
+
+
+@torch.no_grad()
+def evaluate_loss(model, examples: Sequence, make_batch, step_loss, cfg: TrainConfig) -> dict[str, float]:
+    """``step_loss`` metrics averaged over ``examples`` (each process takes its share), prefixed
+    ``eval_`` as TRL logs them."""
+    was_training = model.training
+    model.eval()
+    sums: dict[str, float] = {}
+    mine = distributed.shard(examples)
+    for start in range(0, len(mine), cfg.batch_size):
+        micro = mine[start : start + cfg.batch_size]
+        with autocast(cfg):
+            _, metrics = step_loss(make_batch(micro))
+        for k, v in metrics.items():
+            sums[k] = sums.get(k, 0.0) + v * len(micro) / len(examples)
+    model.train(was_training)
+    return {f"eval_{k}": v for k, v in distributed.sum_values(sums).items()}
+
+
+def save_trained(model, tokenizer, cfg: TrainConfig, out_dir: Path, metrics: dict) -> TrainResult:
+    """Save the adapter (LoRA) and the merged full model, both as safetensors, with the config
+    (the main process writes; every process returns the result)."""
+    out_dir = Path(out_dir)
+    adapter_path = out_dir / "adapter" if cfg.lora else None
+    model_path = out_dir / "model"
+    if distributed.is_main():
+        if adapter_path:
+            model.save_pretrained(adapter_path, safe_serialization=True)
+            model = model.merge_and_unload()
+        model.save_pretrained(model_path, safe_serialization=True)
+        tokenizer.save_pretrained(model_path)
+        (out_dir / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    distributed.barrier()
+    weights = sorted(model_path.glob("*.safetensors"))
+    return TrainResult(str(model_path), str(adapter_path) if adapter_path else None, digest_files(weights), metrics)
+
+
+def _save_checkpoint(model, optimizer, scheduler, step: int, out_dir: Path, keep: int) -> None:
+    """Trainable weights, optimizer, scheduler and RNG state; written by the main process to a temp
+    folder, then renamed. The others wait, so none runs ahead of a checkpoint it may resume from."""
+    if not distributed.is_main():
+        distributed.barrier()
+        return
+    root = out_dir / "checkpoints"
+    tmp = root / f".step-{step:06d}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    trainable = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    save_file(trainable, tmp / "trainable.safetensors")
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "cpu_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+               tmp / "state.pt")
+    tmp.rename(root / f"step-{step:06d}")
+    for old in sorted(root.glob("step-*"))[:-keep]:
+        shutil.rmtree(old)
+    distributed.barrier()
+
+
+def _resume(model, optimizer, scheduler, out_dir: Path) -> int:
+    """Load the newest checkpoint under ``out_dir``, if any; return the step it was taken at."""
+    checkpoints = sorted((out_dir / "checkpoints").glob("step-*"))
+    if not checkpoints:
+        return 0
+    latest = checkpoints[-1]
+    weights = load_file(latest / "trainable.safetensors")
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in weights]
+    if missing:
+        raise ValueError(f"checkpoint {latest} does not match this model (missing {missing[:3]}); delete it to restart")
+    model.load_state_dict(weights, strict=False)
+    state = torch.load(latest / "state.pt", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["cpu_rng"])
+    if state["cuda_rng"]:
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return int(latest.name.split("-")[1])
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines past the resumed step, so the log reads as one uninterrupted run."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in kept))

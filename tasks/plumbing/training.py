@@ -1,0 +1,37 @@
+"""The body SFT and DPO tasks share: train in a child process, track it, log the model."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import mlflow
+from prefect import get_run_logger
+
+from tasks.plumbing.child import run_stage_in_child
+from tasks.plumbing.progress import Progress
+from tasks.plumbing.results import ModelRef
+from tasks.plumbing.stage import markdown_table, publish
+from tasks.plumbing.tracking import experiment_id, log_step_metrics, log_trained_model, stage_run
+
+_COUNTS = ("train_examples", "train_pairs", "eval_pairs")  # sizes a trainer reports, when it has them
+
+
+def train_in_child(stage: str, cfg, inputs: dict, out: Path, parent_run_id: str, params: dict,
+                   timeout_s: float | None) -> ModelRef:
+    """Run ``python -m dpo_core STAGE`` on ``inputs`` under an MLflow child run; log its per-step
+    metrics, the trained model and (DPO) the pairs it held out."""
+    with stage_run(stage, parent_run_id, params) as run_id:
+        job = {"config": asdict(cfg), "inputs": inputs}
+        with Progress(stage, "optimizer steps") as progress:
+            result = run_stage_in_child(stage, job, out, get_run_logger().info, timeout_s, progress.update,
+                                        processes=cfg.num_processes)
+        log_step_metrics(out / "metrics.jsonl")
+        mlflow.log_metrics({k: result["metrics"][k] for k in _COUNTS if k in result["metrics"]})
+        model_uri = log_trained_model(result["model_path"], result["adapter_path"])
+        eval_pairs = out / "eval_pairs.jsonl"
+        if eval_pairs.exists():
+            mlflow.log_artifact(str(eval_pairs))
+        publish(stage, run_id, experiment_id(), markdown_table(result["metrics"]) + f"\n\nModel: `{model_uri}`")
+    return ModelRef(model_path=result["model_path"], digest=result["digest"], run_id=run_id, model_uri=model_uri,
+                    eval_pairs_path=str(eval_pairs) if eval_pairs.exists() else None)
