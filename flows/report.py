@@ -9,15 +9,15 @@ from tasks.plumbing.settings import home, tracking_uri
 
 def print_report(report: EvalReport, decision: PromotionDecision) -> None:
     metrics = METRICS
-    print("\nHeld-out instruction following (greedy decoding)")
-    print(f"{'model':<6}" + "".join(f"{m:>26}" for m in metrics))
+    print("\nHeld-out instruction following (greedy decoding; this project's checkers, not IFEval)")
+    print(f"{'model':<10}" + "".join(f"{m:>32}" for m in metrics))
     for label, scores in report.scores.items():
-        print(f"{label:<6}" + "".join(f"{scores[m]:>26.3f}" for m in metrics))
+        print(f"{label:<10}" + "".join(f"{scores[m]:>32.3f}" for m in metrics))
     extra = sorted({k for scores in report.scores.values() for k in scores} - set(metrics))
     for label, scores in report.scores.items():
         shown = ", ".join(f"{k} {scores[k]:.3f}" for k in extra if k in scores)
         if shown:
-            print(f"{label:<6}{shown}")
+            print(f"{label:<10}{shown}")
     print("\nHead to head (per prompt, more instructions followed wins)")
     for row in report.head_to_head:
         print(f"  {row['model']} vs {row['baseline']}: {row['wins']} wins, {row['ties']} ties, "

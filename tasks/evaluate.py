@@ -55,7 +55,7 @@ def evaluate_task(
 
 
 def _bar_chart(scores: dict):
-    frame = pd.DataFrame(scores).loc[list(METRICS)]  # rows: the IFEval accuracies, columns: models
+    frame = pd.DataFrame(scores).loc[list(METRICS)]  # rows: the verifiable-instruction accuracies, columns: models
     fig = Figure(figsize=(8, 4))
     ax = fig.subplots()
     frame.plot.bar(ax=ax, rot=0, ylim=(0, 1), title="Held-out instruction following")

@@ -94,7 +94,7 @@ def test_full_flow_logs_parent_and_child_runs(first_run):
     evaluation = children["evaluate"][0]
     metrics = evaluation.data.metrics
     for label in ("base", "sft", "dpo"):
-        assert 0.0 <= metrics[f"{label}/prompt_level_strict"] <= 1.0
+        assert 0.0 <= metrics[f"{label}/verifiable/prompt_strict"] <= 1.0
         assert metrics[f"{label}/perplexity"] > 1.0  # on the pairs DPO held out
         assert metrics[f"{label}/mt_bench_parse_failures"] == 16  # 8 two-turn questions, a tiny judge never rates
     assert 0.0 <= metrics["dpo/preference_accuracy"] <= 1.0
@@ -132,7 +132,7 @@ def test_changed_dpo_params_rerun_dpo_and_later_against_the_champion(first_run, 
     children = _child_runs(client, latest.info.run_id)
     assert sorted(children) == ["dpo", "evaluate", "promote"]
     assert report.run_id != first_run[0].run_id
-    assert "champion/prompt_level_strict" in children["evaluate"][0].data.metrics  # the champion was evaluated
+    assert "champion/verifiable/prompt_strict" in children["evaluate"][0].data.metrics  # the champion was evaluated
     assert decision.baseline == "champion" and decision.version == "2" and not decision.promoted
     assert str(registry.alias_version("tiny-dpo", registry.CHAMPION).version) == "1"
 

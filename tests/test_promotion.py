@@ -21,8 +21,8 @@ BAD = _samples("champion", [[True, True]] * 10 + [[False, False]] * 30)
 
 def test_per_prompt_scores():
     s = _samples("m", [[True, False], [True, True]])
-    assert per_prompt_scores(s, "prompt_level_strict") == [0.0, 1.0]
-    assert per_prompt_scores(s, "instruction_level_strict") == [0.5, 1.0]
+    assert per_prompt_scores(s, "verifiable/prompt_strict") == [0.0, 1.0]
+    assert per_prompt_scores(s, "verifiable/instruction_strict") == [0.5, 1.0]
 
 
 def test_gate_promotes_a_clear_winner_and_refuses_a_loser():
@@ -37,7 +37,7 @@ def test_gate_guard_metric_blocks_a_regression():
     # better on the primary metric (prompt-level strict) but much worse on the loose instruction level
     challenger = _samples("dpo", [[True]] * 20 + [[False]] * 20)
     champion = [EvalSample("c", f"p{i}", "q", "a", [False], [True]) for i in range(40)]
-    d = decide(challenger, champion, GateConfig(guard_metrics=["instruction_level_loose"], guard_tolerance=0.02))
+    d = decide(challenger, champion, GateConfig(guard_metrics=["verifiable/instruction_loose"], guard_tolerance=0.02))
     assert not d.promote and "beyond tolerance" in d.reasons[1]
 
 

@@ -37,7 +37,7 @@ class BuildConfig:
     decontaminate_ngram: int = Field(8, ge=3, description="Word n-gram length compared with held-out prompts")
     decontaminate_overlap: float = Field(0.8, gt=0.0, le=1.0, description="Drop a training prompt when this share "
                                                                         "of its n-grams occurs in held-out prompts")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, description="Seeds the shuffle behind max_train, max_eval and the held-out split")
 
 
 @dataclass

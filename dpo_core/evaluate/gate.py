@@ -16,18 +16,22 @@ from dpo_core.common.config import config_dataclass
 from dpo_core.common.records import EvalSample
 from dpo_core.evaluate.benchmarks.stats import paired_bootstrap
 
-Metric = Literal["prompt_level_strict", "instruction_level_strict", "prompt_level_loose", "instruction_level_loose"]
+# The held-out accuracies of this project's own instruction checkers (IFEval's definitions, not its data)
+Metric = Literal["verifiable/prompt_strict", "verifiable/instruction_strict", "verifiable/prompt_loose",
+                 "verifiable/instruction_loose"]
 METRICS = get_args(Metric)
 
 
 @config_dataclass
 class GateConfig:
-    primary_metric: Metric = Field("prompt_level_strict", description="The IFEval accuracy the challenger must raise")
+    primary_metric: Metric = Field("verifiable/prompt_strict",
+                                   description="The held-out verifiable-instruction accuracy the challenger must raise")
     min_improvement: float = Field(0.0, ge=-1.0, le=1.0, description="The interval's lower end must exceed this")
     confidence: float = Field(0.9, gt=0.5, lt=1.0, description="Of the paired bootstrap interval")
-    guard_metrics: list[Metric] = Field(default_factory=lambda: ["instruction_level_loose"],
+    guard_metrics: list[Metric] = Field(default_factory=lambda: ["verifiable/instruction_loose"],
                                         description="Metrics that may not drop more than guard_tolerance")
-    guard_tolerance: float = Field(0.02, ge=0.0, le=1.0)
+    guard_tolerance: float = Field(0.02, ge=0.0, le=1.0, description="Largest drop a guard metric may show "
+                                    "(0.02: about one prompt in 50)")
     registered_model: str = Field("dpo-policy", min_length=1, description="MLflow registry name (challenger and "
                                                                           "champion aliases)")
 
@@ -44,7 +48,7 @@ def per_prompt_scores(samples: list[EvalSample], metric: str) -> list[float]:
     """The per-prompt values whose mean is ``metric``: pass/fail for prompt-level, the share of
     instructions followed for instruction-level (equal-weighted per prompt)."""
     flags = [s.passed_loose if metric.endswith("loose") else s.passed_strict for s in samples]
-    if metric.startswith("prompt_level"):
+    if metric.startswith("verifiable/prompt"):
         return [float(all(f)) for f in flags]
     return [sum(f) / len(f) for f in flags]
 

@@ -1,8 +1,9 @@
 """Stage 5, evaluate: every model answers the held-out prompts; every configured benchmark runs.
 
-Always: IFEval's four accuracies (prompt- and instruction-level, strict and loose) and a
-head-to-head table. With held-out preference pairs: perplexity of each model on the chosen
-answers, and the DPO model's implicit-reward preference accuracy against the SFT reference.
+Always: the four verifiable-instruction accuracies on the held-out prompts (prompt- and
+instruction-level, strict and loose, computed as IFEval defines them but with this project's own
+checkers and prompts, so not IFEval scores) and a head-to-head table. With held-out preference
+pairs: perplexity of each model on the chosen answers, and the DPO model's implicit-reward preference accuracy against the SFT reference.
 With a judge: MT-Bench-style grading of a question file, and pairwise win rates (both orders,
 length-controlled) against a baseline model. With lm-evaluation-harness installed: its tasks.
 """
@@ -98,14 +99,15 @@ def _judge(cfg: EvalConfig, samples, questions, mt_answers, scores) -> list[dict
 
 
 def accuracy(samples: list[EvalSample]) -> dict[str, float]:
-    """IFEval's prompt-level (all instructions followed) and instruction-level accuracies."""
+    """Prompt-level (every instruction followed) and instruction-level accuracies, strict and loose,
+    as IFEval defines them, on this project's own checkers (``verifiable/`` names them so)."""
     n_prompts = len(samples)
     n_instr = sum(len(s.passed_strict) for s in samples)
     return {
-        "prompt_level_strict": sum(all(s.passed_strict) for s in samples) / n_prompts,
-        "instruction_level_strict": sum(sum(s.passed_strict) for s in samples) / n_instr,
-        "prompt_level_loose": sum(all(s.passed_loose) for s in samples) / n_prompts,
-        "instruction_level_loose": sum(sum(s.passed_loose) for s in samples) / n_instr,
+        "verifiable/prompt_strict": sum(all(s.passed_strict) for s in samples) / n_prompts,
+        "verifiable/instruction_strict": sum(sum(s.passed_strict) for s in samples) / n_instr,
+        "verifiable/prompt_loose": sum(all(s.passed_loose) for s in samples) / n_prompts,
+        "verifiable/instruction_loose": sum(sum(s.passed_loose) for s in samples) / n_instr,
     }
 
 
