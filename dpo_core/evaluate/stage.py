@@ -3,9 +3,10 @@
 Always: the four verifiable-instruction accuracies on the held-out prompts (prompt- and
 instruction-level, strict and loose, computed as IFEval defines them but with this project's own
 checkers and prompts, so not IFEval scores) and a head-to-head table. With held-out preference
-pairs: perplexity of each model on the chosen answers, and the DPO model's implicit-reward preference accuracy against the SFT reference.
-With a judge: MT-Bench-style grading of a question file, and pairwise win rates (both orders,
-length-controlled) against a baseline model. With lm-evaluation-harness installed: its tasks.
+pairs: perplexity of each model on the chosen answers, and the DPO model's implicit-reward
+preference accuracy against the SFT reference. With a judge: MT-Bench-style grading of a question
+file, and pairwise win rates (both orders, length-controlled) against a baseline model. With
+lm-evaluation-harness installed: its tasks.
 """
 
 from __future__ import annotations
