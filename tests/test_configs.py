@@ -1,0 +1,57 @@
+"""Stage configs: every field documented, fields that would do nothing refused, no torch to load them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from dpo_core.data.build_dataset import BuildConfig
+from dpo_core.evaluate.config import EvalConfig
+from dpo_core.evaluate.gate import GateConfig
+from dpo_core.feedback.config import FeedbackConfig
+from dpo_core.inference.config import ClientOptions, SamplingConfig
+from dpo_core.train.config import DPOConfig, SFTConfig, TrainConfig
+
+CONFIGS = [BuildConfig, SamplingConfig, ClientOptions, FeedbackConfig, TrainConfig, SFTConfig, DPOConfig, EvalConfig,
+           GateConfig]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.__name__)
+def test_every_field_is_described(config):
+    undocumented = [name for name, info in config.__pydantic_fields__.items() if not info.description]
+    assert undocumented == []
+
+
+@pytest.mark.parametrize(("make", "field"), [
+    (lambda: DPOConfig(label_smoothing=0.1), "label_smoothing"),
+    (lambda: DPOConfig(loss_type=["sigmoid", "sft"], label_smoothing=0.1), "label_smoothing"),
+    (lambda: DPOConfig(simpo_gamma=0.3), "simpo_gamma"),
+    (lambda: DPOConfig(eval_steps=5), "eval_steps"),
+    (lambda: SFTConfig(eval_steps=5), "eval_steps"),
+    (lambda: EvalConfig(mt_bench_path="questions.jsonl"), "mt_bench_path"),
+])
+def test_a_field_that_would_do_nothing_is_an_error_naming_it(make, field):
+    with pytest.raises(ValueError, match=field):
+        make()
+
+
+def test_the_same_fields_are_accepted_where_they_are_read():
+    assert DPOConfig(loss_type=["robust"], label_smoothing=0.1).label_smoothing == 0.1
+    assert DPOConfig(loss_type=["cdpo"], label_smoothing=0.1).label_smoothing == 0.1
+    assert DPOConfig(loss_type=["simpo"], simpo_gamma=0.3).simpo_gamma == 0.3
+    assert DPOConfig(eval_steps=5, eval_fraction=0.1).eval_steps == 5
+    assert EvalConfig(mt_bench_path="questions.jsonl", judge="local:x").judge == "local:x"
+
+
+def test_configs_child_protocol_and_flows_load_without_torch():
+    """Prefect's flow process, `prefect deploy` and the UI's forms read configs and relay the child's
+    progress; none of that may pay for loading torch and transformers."""
+    code = ("import sys\n"
+            "import dpo_core.train.config, dpo_core.feedback.config, dpo_core.evaluate.config, dpo_core.inference.config\n"
+            "import dpo_core.evaluate.gate, dpo_core.data.build_dataset, dpo_core.common.protocol\n"
+            "import flows.lifecycle, flows.sft, flows.dpo, flows.evaluate, flows.collect_feedback, flows.build_dataset\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
