@@ -1,6 +1,7 @@
 """Data-parallel training through accelerate's launcher: two CPU processes on gloo take the same
-steps as one process accumulating two micro-batches, for DPO (LoRA, sharded reference pass and
-eval) and SFT (full fine-tune), and a deadline kills every process of the launch."""
+steps as one process accumulating two micro-batches for DPO (LoRA, sharded reference pass and
+eval), and as one process with batches of two for SFT (full fine-tune, answers of different
+lengths on the two processes); a deadline kills every process of the launch."""
 
 from __future__ import annotations
 
@@ -42,12 +43,12 @@ def _run(stage, cfg, inputs, out, processes, monkeypatch, lines=None):
 
 def _assert_same_training(one: Path, two: Path):
     """Same metrics at every step (grad_norm among them: Adam would hide a mis-scaled gradient
-    in the weights) and the same final weights. Token-weighted means within a
-    micro-batch (``logits/*``, ``num_tokens``) depend on which examples share one, and the two
-    runs group them differently (process 0 takes pairs 0 and 2 of a step, one process 0 and 1)."""
+    in the weights) and the same final weights. DPO's ``logits/*`` are token-weighted within a
+    micro-batch, so they depend on which pairs share one, and the two runs group them differently
+    (process 0 takes pairs 0 and 2 of a step, one process 0 and 1)."""
     for a, b in zip(_metrics(one), _metrics(two), strict=True):
         assert set(a) == set(b)
-        for key in [k for k in a if not k.startswith(("logits/", "eval_logits/", "num_tokens", "eval_num_tokens"))]:
+        for key in [k for k in a if not k.startswith(("logits/", "eval_logits/"))]:
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
     reference = _weights(one)
     for name, weight in _weights(two).items():
@@ -75,16 +76,19 @@ def test_two_processes_take_the_steps_of_one_with_accumulation(tiny_model, tmp_p
 
 
 def test_two_process_full_fine_tune_sft_matches_one_process(tiny_model, tmp_path, monkeypatch):
+    """SFT's loss is a mean over the step's answer tokens: answers of 1 to 6 words, so the two
+    processes' answers always differ in length and must weigh per token as one batch of two does
+    (each process's own token mean, averaged, would weigh a short answer's tokens more)."""
     prompts = write_jsonl(tmp_path / "prompts.jsonl", [
         {"id": f"q{i}", "messages": CHAT + [{"role": "user", "content": f"item {i}"}], "instructions": []}
         for i in range(6)])
     cands = write_jsonl(tmp_path / "cands.jsonl", [
-        {"prompt_id": f"q{i}", "index": 0, "model": "m", "text": f"short answer number {i}", "n_tokens": 4,
+        {"prompt_id": f"q{i}", "index": 0, "model": "m", "text": "short " * (1 + i), "n_tokens": 1 + i,
          "score": 1.0, "passed": []} for i in range(6)])
     inputs = {"model": tiny_model, "prompts_path": str(prompts), "candidates_path": str(cands)}
-    common = {"lora": False, "learning_rate": 1e-3, "batch_size": 1, "max_steps": 3, "warmup_ratio": 0.0}
-    _run("sft", common | {"num_processes": 2}, inputs, tmp_path / "two", 2, monkeypatch)
-    _run("sft", common | {"grad_accum": 2}, inputs, tmp_path / "one", 1, monkeypatch)
+    common = {"lora": False, "learning_rate": 1e-3, "max_steps": 3, "warmup_ratio": 0.0}
+    _run("sft", common | {"batch_size": 1, "num_processes": 2}, inputs, tmp_path / "two", 2, monkeypatch)
+    _run("sft", common | {"batch_size": 2}, inputs, tmp_path / "one", 1, monkeypatch)
     _assert_same_training(tmp_path / "one", tmp_path / "two")
 
 

@@ -15,13 +15,13 @@ from dpo_core.train.config import TrainConfig
 from dpo_core.train.dpo.losses import LOSSES, LossSettings, PairLogps, combined_loss
 from dpo_core.train.loop import prepare_for_training
 
-# One pair, float64:  pc=-10, pr=-14, rc=-11, rr=-12, |c|=4, |r|=8
-#   d       = (pc - rc) - (pr - rr) = 1 - (-2) = 3
-#   d_avg   = 1/4 - (-2/8) = 0.5
-#   chosen NLL per token = 2.5 (given directly below)
+# One pair, float64:  pc=-10, pr=-14, rc=-11, rr=-12, |c|=4, |r|=8, and its step's pairs average
+# c_step=5 chosen tokens (this pair's 4 among them); beta=0.2 keeps every loss off its flat parts
+#   d       = (pc - rc) - (pr - rr) = 1 - (-2) = 3,   beta d = 0.6
+#   d_avg   = 1/4 - (-2/8) = 0.5,                    beta d_avg = 0.1
 S = PairLogps(*(torch.tensor([v], dtype=torch.float64) for v in (-10.0, -14.0, -11.0, -12.0, 4.0, 8.0)),
-              chosen_nll=torch.tensor(2.5, dtype=torch.float64))
-OPTS = LossSettings(beta=0.5, label_smoothing=0.2, simpo_gamma=0.3)
+              step_chosen_tokens=5.0)
+OPTS = LossSettings(beta=0.2, label_smoothing=0.2, simpo_gamma=0.3)
 
 
 def softplus(x: float) -> float:  # -log sigmoid(-x) = log(1 + e^x)
@@ -29,16 +29,15 @@ def softplus(x: float) -> float:  # -log sigmoid(-x) = log(1 + e^x)
 
 
 EXPECTED = {
-    # beta d = 1.5
-    "sigmoid": softplus(-1.5),
-    "cdpo": 0.8 * softplus(-1.5) + 0.2 * softplus(1.5),
-    "robust": (0.8 * softplus(-1.5) - 0.2 * softplus(1.5)) / 0.6,
-    "ipo": (0.5 - 1 / (2 * 0.5)) ** 2,  # (d_avg - 1/(2 beta))^2 = 0.25
-    "ipo_sum": (3 - 1 / (2 * 0.5)) ** 2,  # 4
-    "hinge": max(0.0, 1 - 1.5),  # 0
-    "sigmoid_norm": softplus(-0.25),  # beta d_avg = 0.25
-    "simpo": softplus(-(0.5 * (-10 / 4 - -14 / 8) - 0.3)),  # beta (-2.5 + 1.75) - 0.3 = -0.675
-    "sft": 2.5,
+    "sigmoid": softplus(-0.6),  # -log sigmoid(0.6) = 0.4375
+    "cdpo": 0.8 * softplus(-0.6) + 0.2 * softplus(0.6),
+    "robust": (0.8 * softplus(-0.6) - 0.2 * softplus(0.6)) / 0.6,
+    "ipo": (0.5 - 1 / (2 * 0.2)) ** 2,  # (d_avg - 1/(2 beta))^2 = (0.5 - 2.5)^2 = 4
+    "ipo_sum": (3 - 1 / (2 * 0.2)) ** 2,  # (3 - 2.5)^2 = 0.25
+    "hinge": 0.4,  # max(0, 1 - beta d) = 1 - 0.6: inside the margin, where the hinge has a gradient
+    "sigmoid_norm": softplus(-0.1),  # -log sigmoid(beta d_avg)
+    "simpo": softplus(0.45),  # beta (pc/|c| - pr/|r|) - gamma = 0.2 (-2.5 + 1.75) - 0.3 = -0.45
+    "sft": 2.0,  # -pc / c_step = 10 / 5: this pair's share of the step's NLL per chosen token
 }
 
 
@@ -53,12 +52,12 @@ def test_every_loss_has_a_hand_derivation():
 
 def test_combined_loss_is_the_weighted_sum():
     got = combined_loss(S, OPTS, ["sigmoid", "sft"], [1.0, 0.2])  # RPO with alpha = 0.2
-    assert_close(got, torch.tensor([EXPECTED["sigmoid"] + 0.2 * 2.5], dtype=torch.float64))
+    assert_close(got, torch.tensor([EXPECTED["sigmoid"] + 0.2 * 2.0], dtype=torch.float64))
 
 
 def test_sigmoid_is_ln2_when_policy_equals_reference():
     lp = torch.tensor([-7.0, -3.0], dtype=torch.float64)
-    s = PairLogps(lp, lp + 1, lp, lp + 1, torch.ones(2), torch.ones(2), torch.tensor(0.0))
+    s = PairLogps(lp, lp + 1, lp, lp + 1, torch.ones(2), torch.ones(2), step_chosen_tokens=1.0)
     assert_close(LOSSES["sigmoid"](s, LossSettings(beta=0.1)), torch.full((2,), math.log(2.0), dtype=torch.float64))
 
 

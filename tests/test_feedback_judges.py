@@ -126,6 +126,38 @@ def test_item_cache_survives_reopening(tmp_path):
     assert (again.hits, again.misses, len(again)) == (1, 1, 1)
 
 
+def test_a_local_model_retrained_in_place_is_not_served_from_the_cache(tmp_path):
+    """Local generators and judges are keyed by their weights, not their names: a model folder
+    overwritten in place (a policy retrained into the same path) samples afresh, a new reward model
+    judges afresh, and an unchanged one is all cache hits. Candidates keep the name they were given."""
+    from tiny import make_tiny_model, make_tiny_reward_model
+
+    policy, rm = make_tiny_model(tmp_path / "policy"), make_tiny_reward_model(tmp_path / "rm")
+    prompts = write_jsonl(tmp_path / "p.jsonl", [PromptRecord(f"p{i}", [{"role": "user", "content": f"Colour {i}?"}])
+                                                 .to_dict() for i in range(2)])
+    cfg = FeedbackConfig(sampling=SamplingConfig(num_samples=2, max_new_tokens=8, temperature=1.0), judge=f"reward:{rm}",
+                         cache_path=str(tmp_path / "items.sqlite"))
+
+    def run() -> tuple[tuple[int, int], list[str]]:
+        result = collect_feedback(cfg, str(policy), prompts, tmp_path / "out")
+        candidates = read_jsonl(result.candidates_path)
+        assert {c["model"] for c in candidates} == {str(policy)}
+        return (result.stats["cache_hits"], result.stats["cache_misses"]), [c["text"] for c in candidates]
+
+    assert run()[0] == (0, 6)  # 2 prompts x 2 samples, 2 judgements
+    again, first = run()
+    assert again == (6, 0)
+    judge_before = PairwiseJudge(LocalChat.from_ref(str(policy))).cache_id
+
+    make_tiny_model(policy, seed=1)  # retrained in place: same folder, new weights
+    retrained, texts = run()
+    assert retrained == (0, 6) and texts != first
+    assert PairwiseJudge(LocalChat.from_ref(str(policy))).cache_id != judge_before  # a local LLM judge as well
+
+    make_tiny_reward_model(rm, seed=1)
+    assert run()[0] == (4, 2)  # the samples are reused; the new reward model judges again
+
+
 def test_prefill_once_samples_like_num_return_sequences(tiny_model):
     """The prompt cache repeated for K samples gives the samples plain generate would draw."""
     model, tokenizer = load_model(tiny_model), load_tokenizer(tiny_model)

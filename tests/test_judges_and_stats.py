@@ -31,7 +31,8 @@ SAMPLE = Path(__file__).parents[1] / "configs" / "mt_bench_sample.jsonl"
     ("", None),
 ])
 def test_parse_rating(text, expected):
-    assert parse_rating(text) == expected
+    rating, problem = parse_rating(text)
+    assert rating == expected and bool(problem) == (expected is None)  # a refusal names what to fix
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -43,7 +44,8 @@ def test_parse_rating(text, expected):
     ("Assistant A wins.", None),
 ])
 def test_parse_verdict(text, expected):
-    assert parse_verdict(text) == expected
+    verdict, problem = parse_verdict(text)
+    assert verdict == expected and bool(problem) == (expected is None)
 
 
 @pytest.mark.parametrize(("first", "second", "expected"), [
@@ -110,19 +112,65 @@ def test_mt_bench_judge_prompt_carries_reference_and_dialogue():
     assert "[[rating]]" in messages[0]["content"]
 
 
+class ScriptedJudge(LocalChat):
+    """A judge backend that answers ``bad`` first and, once told what was wrong, ``good``."""
+
+    def __init__(self, bad: str, good: str):
+        super().__init__(None, None, "scripted")
+        self.bad, self.good, self.asked = bad, good, []
+
+    def run(self, conversations, max_new_tokens, on_done):
+        self.asked.append(conversations)
+        for i, conversation in enumerate(conversations):
+            on_done(i, self.good if conversation[-1]["content"].startswith("Your answer could not be read") else self.bad)
+
+
+def test_mt_bench_grading_reasks_with_the_problem_named():
+    """The re-ask shows the judge its own answer and what is wrong with it, so a judge that can follow
+    the format recovers the grade (the same prompt again, greedily, would repeat the failure)."""
+    judge = ScriptedJudge("A fine answer, I would say seven.", "A fine answer. [[7]]")
+    questions = mt_bench.load_questions(SAMPLE)[:2]
+    grades = mt_bench.grade(judge, "m", questions, [["a1", "a2"], ["b1", "b2"]], max_retries=2, max_new_tokens=8)
+    assert [len(convs) for convs in judge.asked] == [4, 4]  # every turn answered badly once, then recovered
+    first, again = judge.asked[0][0], judge.asked[1][0]
+    assert again[: len(first)] == first and again[-2] == {"role": "assistant", "content": judge.bad}
+    assert "no rating in the form [[rating]]" in again[-1]["content"]
+    assert [g.rating for g in grades] == [7.0] * 4 and {g.judge_text for g in grades} == {judge.good}
+    assert mt_bench.summarize(grades) == {"mt_bench_parse_failures": 0.0, "mt_bench_parse_failure_rate": 0.0,
+                                          "mt_bench_score": 7.0}
+
+
 def test_mt_bench_grading_counts_parse_failures(tiny_model):
-    """A tiny random judge never writes a rating: every turn is re-asked, then counted as failed."""
+    """A tiny random judge never writes a rating: every turn is re-asked, with the problem named,
+    ``max_retries`` times, then counted as failed."""
     chat = LocalChat.from_ref(tiny_model)
     questions = mt_bench.load_questions(SAMPLE)[:2]
     answers = mt_bench.answer(chat, questions, max_new_tokens=8)
     assert [len(a) for a in answers] == [2, 2]
-    calls = []
-    original = chat.complete
-    chat.complete = lambda convs, n: calls.append(len(convs)) or original(convs, n)
-    grades = mt_bench.grade(chat, "tiny", questions, answers, max_retries=1, max_new_tokens=8)
-    assert calls == [4, 4]  # first try, then one re-ask of the 4 unparseable turns
+    asked, said = [], []
+    original = chat.run
+    chat.run = lambda convs, n, on_done: asked.append(convs) or original(
+        convs, n, lambda i, answer: said.append(answer) or on_done(i, answer))
+    grades = mt_bench.grade(chat, "tiny", questions, answers, max_retries=2, max_new_tokens=8)
+    assert [len(convs) for convs in asked] == [4, 4, 4]  # first try, then two re-asks of the 4 unparseable turns
+    assert [len(c) for c in asked[2]] == [6] * 4 and all("could not be read" in c[-1]["content"] for c in asked[2])
+    assert {g.judge_text for g in grades} <= set(said[-4:])  # the judge's last answers are kept
     summary = mt_bench.summarize(grades)
     assert summary["mt_bench_parse_failures"] == 4 and summary["mt_bench_parse_failure_rate"] == 1.0
+
+
+def test_pairwise_compare_reasks_with_the_problem_named():
+    judge = ScriptedJudge("Both have merit.", "B is more accurate. [[B]]")
+    comparisons = pairwise.compare(judge, [("p1", "Name a colour.", "red", "a dog")], max_retries=1, max_new_tokens=8)
+    assert [len(convs) for convs in judge.asked] == [2, 2]  # both orders, each re-asked once
+    assert all("no verdict in the form [[A]], [[B]] or [[C]]" in c[-1]["content"] for c in judge.asked[1])
+    (c,) = comparisons
+    assert (c.verdict_model_first, c.verdict_model_second, c.outcome) == ("B", "B", 0.5)  # orders disagree: a tie
+    assert c.judge_texts == (judge.good, judge.good)
+    stubborn = ScriptedJudge("Both have merit.", "Still both.")
+    (failed,) = pairwise.compare(stubborn, [("p1", "Name a colour.", "red", "a dog")], max_retries=1, max_new_tokens=8)
+    assert failed.outcome is None and failed.judge_texts == ("Still both.", "Still both.")
+    assert pairwise.summarize([failed])["pairwise_parse_failures"] == 1
 
 
 def test_openai_backend_keeps_the_key_out_of_repr(monkeypatch):

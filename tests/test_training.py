@@ -14,6 +14,7 @@ from torch.testing import assert_close
 from dpo_core.common.io import write_jsonl
 from dpo_core.common.models import load_model
 from dpo_core.train.config import DPOConfig, SFTConfig
+from dpo_core.train.dpo.reference import reference_key
 from dpo_core.train.dpo.trainer import train_dpo
 from dpo_core.train.sft import train_sft
 
@@ -26,6 +27,16 @@ def pairs_path(tmp_path):
              "rejected": [{"role": "assistant", "content": f"LOUD WORDS {i}"}], "score_chosen": 1.0,
              "score_rejected": 0.0} for i in range(8)]
     return write_jsonl(tmp_path / "pairs.jsonl", rows)
+
+
+@pytest.fixture()
+def uneven_pairs_path(tmp_path):
+    """Pairs whose chosen answers run from 1 to 8 words: a token mean over a step then differs from
+    a mean of per-pair token means."""
+    rows = [{"prompt_id": f"p{i}", "prompt": CHAT, "chosen": [{"role": "assistant", "content": "calm " * (1 + i)}],
+             "rejected": [{"role": "assistant", "content": "LOUD " * (1 + (5 * i) % 8)}], "score_chosen": 1.0,
+             "score_rejected": 0.0} for i in range(8)]
+    return write_jsonl(tmp_path / "uneven_pairs.jsonl", rows)
 
 
 def _metrics(out: Path) -> list[dict]:
@@ -63,18 +74,45 @@ def _grads_at_each_step(run) -> list[dict]:
     return [dict(sorted(enumerate(g.values()))) for g in seen]
 
 
-def test_grad_accumulation_equals_a_larger_batch(tiny_model, pairs_path, tmp_path, monkeypatch):
-    monkeypatch.setenv("DPO_CACHE_DIR", str(tmp_path / "cache"))
-    common = dict(lora=False, learning_rate=1e-3, max_steps=2, warmup_ratio=0.0)
-    big = _grads_at_each_step(lambda: train_dpo(DPOConfig(batch_size=4, grad_accum=1, **common), tiny_model,
-                                                pairs_path, tmp_path / "big"))
-    acc = _grads_at_each_step(lambda: train_dpo(DPOConfig(batch_size=1, grad_accum=4, **common), tiny_model,
-                                                pairs_path, tmp_path / "acc"))
+def _assert_same_steps(big: list[dict], acc: list[dict], out_big: Path, out_acc: Path) -> None:
+    """Same gradients at every step, the same logged loss, grad norm and token count, the same weights."""
     assert len(big) == len(acc) == 2
     for step_big, step_acc in zip(big, acc, strict=True):
         for i in step_big:
             assert_close(step_acc[i], step_big[i], rtol=1e-4, atol=1e-6)
-    assert _metrics(tmp_path / "big")[1]["loss"] == pytest.approx(_metrics(tmp_path / "acc")[1]["loss"], abs=1e-5)
+    for a, b in zip(_metrics(out_big), _metrics(out_acc), strict=True):
+        for key in ("loss", "grad_norm", "num_tokens"):
+            assert b[key] == pytest.approx(a[key], rel=1e-5), key
+    weights = load_file(out_big / "model" / "model.safetensors")
+    for name, weight in load_file(out_acc / "model" / "model.safetensors").items():
+        assert_close(weight, weights[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("loss_type", [["sigmoid"], ["sigmoid", "sft"]])  # pairwise alone; RPO's token-mean NLL too
+def test_grad_accumulation_equals_a_larger_batch(tiny_model, uneven_pairs_path, tmp_path, monkeypatch, loss_type):
+    monkeypatch.setenv("DPO_CACHE_DIR", str(tmp_path / "cache"))
+    common = dict(lora=False, learning_rate=1e-3, max_steps=2, warmup_ratio=0.0, loss_type=loss_type)
+    big = _grads_at_each_step(lambda: train_dpo(DPOConfig(batch_size=4, grad_accum=1, **common), tiny_model,
+                                                uneven_pairs_path, tmp_path / "big"))
+    acc = _grads_at_each_step(lambda: train_dpo(DPOConfig(batch_size=1, grad_accum=4, **common), tiny_model,
+                                                uneven_pairs_path, tmp_path / "acc"))
+    _assert_same_steps(big, acc, tmp_path / "big", tmp_path / "acc")
+
+
+def test_sft_grad_accumulation_equals_a_larger_batch(tiny_model, tmp_path):
+    """SFT's loss is a mean over the step's answer tokens: answers of 1 to 8 words accumulated one
+    at a time must weigh every token as one batch of four does, not each answer's mean alike."""
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"id": f"q{i}", "messages": CHAT, "instructions": []}
+                                                      for i in range(8)])
+    cands = write_jsonl(tmp_path / "cands.jsonl", [
+        {"prompt_id": f"q{i}", "index": 0, "model": "m", "text": "calm " * (1 + i), "n_tokens": 1 + i,
+         "score": 1.0, "passed": []} for i in range(8)])
+    common = dict(lora=False, learning_rate=1e-3, max_steps=2, warmup_ratio=0.0)
+    big = _grads_at_each_step(lambda: train_sft(SFTConfig(batch_size=4, grad_accum=1, **common), tiny_model, prompts,
+                                                cands, tmp_path / "big"))
+    acc = _grads_at_each_step(lambda: train_sft(SFTConfig(batch_size=1, grad_accum=4, **common), tiny_model, prompts,
+                                                cands, tmp_path / "acc"))
+    _assert_same_steps(big, acc, tmp_path / "big", tmp_path / "acc")
 
 
 @pytest.mark.parametrize("lora", [False, True])
@@ -131,15 +169,48 @@ def test_reference_logps_are_reused_across_runs(tiny_model, pairs_path, tmp_path
     assert len(list((tmp_path / "cache" / "reference-logps").iterdir())) == 1
 
 
-@pytest.mark.parametrize("precompute", [True, False])
-def test_every_step_reference_matches_precomputed(tiny_model, pairs_path, tmp_path, monkeypatch, precompute):
+@pytest.mark.parametrize("lora", [False, True])
+def test_every_step_reference_matches_precomputed(tiny_model, uneven_pairs_path, tmp_path, monkeypatch, lora):
+    """The reference run every step (a frozen copy, or the policy with its adapter off) and the one
+    precomputed before training give the same losses, rewards, eval metrics and weights, step after
+    step: a reference that moved with the policy would agree at step 1 only."""
     monkeypatch.setenv("DPO_CACHE_DIR", str(tmp_path / "cache"))
-    cfg = DPOConfig(lora=False, precompute_reference=precompute, learning_rate=1e-3, max_steps=3, warmup_ratio=0.0,
-                    eval_fraction=0.25, eval_steps=1)
-    train_dpo(cfg, tiny_model, pairs_path, tmp_path / "out")
-    steps = _metrics(tmp_path / "out")
-    assert steps[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
-    assert all("eval_loss" in s and "eval_rewards/margins" in s for s in steps)
+    common = dict(lora=lora, learning_rate=5e-3, max_steps=3, batch_size=2, warmup_ratio=0.0, eval_fraction=0.25,
+                  eval_steps=1)
+    runs = {mode: train_dpo(DPOConfig(precompute_reference=mode == "pre", **common), tiny_model, uneven_pairs_path,
+                            tmp_path / mode) for mode in ("pre", "every")}
+    pre, every = _metrics(tmp_path / "pre"), _metrics(tmp_path / "every")
+    assert pre[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert pre[-1]["rewards/margins"] > 0.01  # training moved the policy away from the reference
+    for a, b in zip(pre, every, strict=True):
+        assert set(a) == set(b) and "eval_loss" in a
+        for key in a:
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
+    weights = load_file(Path(runs["pre"].model_path) / "model.safetensors")
+    for name, weight in load_file(Path(runs["every"].model_path) / "model.safetensors").items():
+        assert_close(weight, weights[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_reference_key_names_the_precision():
+    examples = [([1, 2], [[3], [4, 5]])]
+    assert reference_key("model", examples, "bf16") != reference_key("model", examples, "fp32")
+
+
+def test_bf16_precomputed_reference_matches_the_per_step_one(tiny_model, uneven_pairs_path, tmp_path, monkeypatch):
+    """Under bf16 autocast the precomputed reference runs in bf16 as the per-step one does, so at the
+    first step (policy == reference) both give zero rewards and ln 2; a reference computed in fp32
+    against a bf16 policy is off by ~5e-3 nats a sequence. All 8 pairs share one batch in both
+    passes: bf16 results also move by ~5e-4 nats with the batch's size (CPU kernels are chosen by it)."""
+    monkeypatch.setenv("DPO_CACHE_DIR", str(tmp_path / "cache"))
+    common = dict(lora=True, precision="bf16", beta=1.0, max_steps=1, batch_size=8)
+    for mode in ("pre", "every"):
+        train_dpo(DPOConfig(precompute_reference=mode == "pre", **common), tiny_model, uneven_pairs_path,
+                  tmp_path / mode)
+    (pre,), (every,) = _metrics(tmp_path / "pre"), _metrics(tmp_path / "every")
+    for step in (pre, every):
+        assert step["rewards/chosen"] == pytest.approx(0.0, abs=1e-6)
+        assert step["rewards/rejected"] == pytest.approx(0.0, abs=1e-6)
+        assert step["loss"] == pytest.approx(math.log(2), abs=1e-7)
 
 
 def test_sft_trains_on_best_candidates_only(tiny_model, tmp_path):

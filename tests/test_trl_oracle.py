@@ -21,6 +21,7 @@ from dpo_core.common.models import load_model, load_tokenizer
 from dpo_core.train.batching import answer_token_logps, collate
 from dpo_core.train.dpo.losses import LossSettings
 from dpo_core.train.dpo.trainer import dpo_step
+from dpo_core.train.loop import Totals
 
 
 def _user(text):
@@ -91,8 +92,9 @@ def test_loss_and_gradients_match_trl(tiny_model, tmp_path, loss_type, weights, 
     policy.zero_grad(set_to_none=True)
 
     logps, mean_logits = answer_token_logps(policy, batch)
+    whole_step = Totals(examples=len(PAIRS), tokens=int(batch.answer_mask[0::2].sum()))  # chosen tokens
     ours, metrics = dpo_step(logps, mean_logits, batch.answer_mask, ref, LossSettings(0.2, smoothing),
-                             loss_type, weights or [1.0] * len(loss_type), batch.num_tokens)
+                             loss_type, weights or [1.0] * len(loss_type), batch.num_tokens, whole_step)
     ours.backward()
 
     assert_close(ours, trl_loss, rtol=0, atol=1e-5)

@@ -4,7 +4,8 @@ OpenAI-compatible chat endpoint (vLLM, TGI, Ollama, llama.cpp server, hosted API
 ``run(requests, sampling, on_sample)`` takes (chat, sample index) requests and calls
 ``on_sample(request index, Sample | Failure)`` as each sample is ready, so the caller stores it
 before the rest arrive. A pool of generators (UltraFeedback drew 4 answers from 4 different
-models) is a list of specs; every candidate keeps its generator's name.
+models) is a list of specs; every candidate keeps its generator's name, and cached samples are keyed
+by its ``cache_id`` (dpo_core.inference.backends).
 
 Specs: ``local:<model ref>`` or ``openai:<base_url>|<model>``.
 """
@@ -13,9 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 from dpo_core.common.models import load_model, load_tokenizer, resolve_model
-from dpo_core.inference.backends import make_client, openai_endpoint
+from dpo_core.inference.backends import endpoint_id, local_model_id, make_client, openai_endpoint
 from dpo_core.inference.config import ClientOptions, SamplingConfig
 from dpo_core.inference.generation import generate
 from dpo_core.inference.openai_client import Failure, Usage
@@ -37,6 +39,11 @@ class LocalGenerator:
         self.model_ref, self.name = model_ref, model_ref
         self.usage = Usage()
         self._loaded = None
+
+    @cached_property
+    def cache_id(self) -> str:
+        """Fingerprinted on first use, as the model is loaded on first use."""
+        return local_model_id(self.model_ref)
 
     def run(self, requests: list[Request], sampling: SamplingConfig, on_sample: Callable[[int, Sample | Failure], None]) -> None:
         if not requests:
@@ -67,7 +74,7 @@ class OpenAIGenerator:
 
     def __init__(self, base_url: str, model: str, options: ClientOptions):
         self.client = make_client(base_url, model, options)
-        self.name, self.usage = self.client.name, self.client.usage
+        self.name, self.usage, self.cache_id = self.client.name, self.client.usage, endpoint_id(self.client)
 
     def run(self, requests: list[Request], sampling: SamplingConfig, on_sample: Callable[[int, Sample | Failure], None]) -> None:
         bodies = [{"messages": chat, "max_tokens": sampling.max_new_tokens, "temperature": sampling.temperature,

@@ -3,10 +3,12 @@ judge score them, binarize into preference pairs.
 
 Every sample and every judgement is stored in a durable item cache (dpo_core.feedback.item_cache) the
 moment it completes, keyed by what determines it: the prompt, the generator, the sampling
-settings and sample index; the judge, its prompt version and the candidates. A stage killed at
-any point and run again asks no model twice for a finished item. Items that fail are set aside
-in ``set_aside.jsonl`` with their reason and the judge's raw text; a failed request is tried
-again by the next run, an answer that would not parse after the re-asks is not.
+settings and sample index; the judge, its prompt version and the candidates. Generators and
+judges enter the key by ``cache_id``: a local model by its weights (a folder retrained in place
+is another model), a served one by its URL and model name. A stage killed at any point and run
+again asks no model twice for a finished item. Items that fail are set aside in
+``set_aside.jsonl`` with their reason and the judge's raw text; a failed request is tried again
+by the next run, an answer that would not parse after the re-asks is not.
 
 Judges (``judge``): ``verifiable`` (the prompts' checkable instructions), ``rubric:<backend>``
 (UltraFeedback aspects, 1-5 with rationales), ``pairwise:<backend>`` (every two candidates, both
@@ -125,7 +127,7 @@ def _generate(generators, prompts, sampling, cache, progress, set_aside) -> dict
     found: dict[tuple[str, str, int], tuple[str, int]] = {}
     by_id = {p.id: p for p in prompts}
     for gen in generators:
-        keys = {(p.id, k): item_key("sample", prompt=p.messages, model=gen.name, sampling=settings, k=k)
+        keys = {(p.id, k): item_key("sample", prompt=p.messages, model=gen.cache_id, sampling=settings, k=k)
                 for p in prompts for k in range(sampling.num_samples)}
         missing = []
         for (pid, k), key in keys.items():
@@ -161,7 +163,7 @@ def _judge(judge, prompts, samples, cache, progress, set_aside) -> dict[str, Ver
             set_aside.append({"stage": "judging", "prompt_id": p.id, "reason": f"only {len(texts)} candidate(s)"})
             progress.step()
             continue
-        keys[p.id] = item_key("judgement", judge=judge.name, version=judge.version, prompt=p.messages,
+        keys[p.id] = item_key("judgement", judge=judge.cache_id, version=judge.version, prompt=p.messages,
                               instructions=p.instructions, candidates=texts)
         hit = cache.get(keys[p.id])
         if hit is None:

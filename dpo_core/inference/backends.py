@@ -6,6 +6,9 @@ which calls ``on_done(index, text or Failure)`` as each answer is ready (after i
 local model; the moment its request returns, for a server), so callers store every finished
 item before the rest arrive. ``complete`` is the same as one list.
 
+Each backend (and each candidate generator) has a ``name``, shown in records, and a ``cache_id``,
+what its answers depend on, for cache keys: a local model's weights, a server's URL and model name.
+
 The API key is read from the environment variable named in ``api_key_env`` and held out of
 ``repr``, logs and MLflow params.
 """
@@ -15,23 +18,35 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from dpo_core.common.models import load_model, load_tokenizer, resolve_model
+from dpo_core.common.models import load_model, load_tokenizer, model_fingerprint, resolve_model
 from dpo_core.inference.config import ClientOptions, SamplingConfig
 from dpo_core.inference.generation import generate
 from dpo_core.inference.openai_client import Failure, OpenAIClient, Usage
 
 
+def local_model_id(model_ref: str) -> str:
+    """A local model's ``cache_id``: its weights' fingerprint, not its name, so a folder retrained in
+    place is another model (the DPO reference log-prob cache keys it the same way)."""
+    return f"local:{model_fingerprint(resolve_model(model_ref))}"
+
+
+def endpoint_id(client: OpenAIClient) -> str:
+    """A served model's ``cache_id``: the server and the model name (its weights are out of sight)."""
+    return f"openai:{client.base_url}|{client.model}"
+
+
 class LocalChat:
     """Greedy, batched answers from a loaded local model."""
 
-    def __init__(self, model, tokenizer, name: str = "local", batch_size: int = 8):
+    def __init__(self, model, tokenizer, name: str = "local", batch_size: int = 8, cache_id: str | None = None):
         self.model, self.tokenizer, self.name, self.batch_size = model, tokenizer, name, batch_size
+        self.cache_id = cache_id  # None for a model handed over in memory: its answers are not cached
         self.usage = Usage()
 
     @classmethod
     def from_ref(cls, model_ref: str) -> LocalChat:
         path = resolve_model(model_ref)
-        return cls(load_model(path), load_tokenizer(path), f"local:{model_ref}")
+        return cls(load_model(path), load_tokenizer(path), f"local:{model_ref}", cache_id=local_model_id(path))
 
     def run(self, conversations: list[list[dict]], max_new_tokens: int, on_done: Callable[[int, str | Failure], None]) -> None:
         cfg = SamplingConfig(num_samples=1, temperature=0.0, max_new_tokens=max_new_tokens, batch_size=self.batch_size)
@@ -67,7 +82,7 @@ class OpenAIChat:
 
     def __init__(self, base_url: str, model: str, options: ClientOptions | None = None):
         self.client = make_client(base_url, model, options or ClientOptions())
-        self.name, self.usage = self.client.name, self.client.usage
+        self.name, self.usage, self.cache_id = self.client.name, self.client.usage, endpoint_id(self.client)
 
     def __repr__(self) -> str:
         return f"OpenAIChat({self.client.base_url!r}, {self.client.model!r})"

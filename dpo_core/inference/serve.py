@@ -10,6 +10,7 @@ vLLM or TGI serve production traffic through the same API, so nothing else chang
 from __future__ import annotations
 
 import argparse
+import random
 import threading
 import time
 import uuid
@@ -17,9 +18,12 @@ import uuid
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
 
+from dpo_core.common.chat import render_prompt
 from dpo_core.common.models import load_model, load_tokenizer, resolve_model
 from dpo_core.inference.config import SamplingConfig
 from dpo_core.inference.generation import generate
+
+_fresh_seed = random.SystemRandom()  # untouched by whatever seeds the process's global generators
 
 
 class Message(BaseModel):
@@ -33,7 +37,7 @@ class ChatRequest(BaseModel):
     max_tokens: int = Field(default=256, ge=1)
     temperature: float = Field(default=1.0, ge=0.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    seed: int | None = None
+    seed: int | None = None  # None: a fresh random seed; the same seed and settings give the same answer
 
 
 def create_app(model_ref: str, served_name: str | None = None) -> FastAPI:
@@ -50,14 +54,18 @@ def create_app(model_ref: str, served_name: str | None = None) -> FastAPI:
     @app.post("/v1/chat/completions")
     def chat(request: ChatRequest) -> dict:
         messages = [m.model_dump() for m in request.messages]
+        # without a seed, a fresh one per request: a fixed default would give every unseeded request
+        # (K samples of one prompt, say) the same answer
+        seed = _fresh_seed.randrange(2**31) if request.seed is None else request.seed
         try:
             cfg = SamplingConfig(num_samples=1, max_new_tokens=request.max_tokens, temperature=request.temperature,
-                                 top_p=request.top_p, batch_size=1, seed=request.seed or 0)
+                                 top_p=request.top_p, batch_size=1, seed=seed)
         except ValueError as exc:  # out of the sampler's bounds: the request's fault, not worth a retry
             raise HTTPException(status_code=400, detail=str(exc)) from None
         with lock:
             answer = generate(model, tokenizer, [messages], cfg)[0][0]
-        prompt_tokens = len(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+        # the tokens generate() fed the model (apply_chat_template(tokenize=True) returns a dict of tensors)
+        prompt_tokens = len(tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"])
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
             "model": name,

@@ -1,9 +1,11 @@
 """Ask a judge, parse strictly, ask again with the problem named, give up after a bound.
 
-Shared by the rubric and pairwise judges. Each job is one conversation; ``parse(answer)`` returns
+The one re-ask of every LLM judge: the rubric and pairwise feedback judges, MT-Bench grading and
+the evaluation's pairwise win rates. Each job is one conversation; ``parse(j, answer)`` returns
 ``(value, "")`` or ``(None, problem)``. A request that fails outright is given up at once as
 retryable (a later run tries again); an answer that will not parse is re-asked with the judge's
-own answer and the problem appended, ``max_retries`` times, then given up for good.
+own answer and the problem appended (the same prompt again, greedily decoded, would only repeat
+the answer), ``max_retries`` times, then given up for good.
 """
 
 from __future__ import annotations
@@ -56,3 +58,24 @@ def ask_until_parsed(
         if not pending:
             break
     return failures
+
+
+def ask_all(backend, conversations: list[list[dict]], parse: Callable[[str], tuple[object | None, str]],
+            max_retries: int, max_new_tokens: int) -> list[tuple[object | None, list[str]]]:
+    """(parsed value, or None after the re-asks, and the judge's answers) for every conversation, for
+    benchmarks, which count unparseable answers rather than set them aside. A request that failed for
+    good raises: a score over whichever items happened to get through would mislead."""
+    results: list[tuple[object | None, list[str]]] = [(None, [])] * len(conversations)
+    failed: list[str] = []
+
+    def gave_up(j: int, reason: str, answers: list[str], retryable: bool) -> None:
+        results[j] = (None, answers)
+        if retryable:
+            failed.append(reason)
+
+    ask_until_parsed(backend, conversations, lambda _, answer: parse(answer),
+                     lambda j, value, answers: results.__setitem__(j, (value, answers)), gave_up,
+                     max_retries, max_new_tokens)
+    if failed:
+        raise RuntimeError(f"{backend.name}: {len(failed)} of {len(conversations)} judge requests failed; first: {failed[0]}")
+    return results

@@ -44,7 +44,7 @@ def outcome(first: str | None, second: str | None) -> float | None:
 class PairwiseJudge:
     def __init__(self, backend, max_retries: int = 2, max_new_tokens: int = 256):
         self.backend, self.max_retries, self.max_new_tokens = backend, max_retries, max_new_tokens
-        self.name = f"pairwise@{backend.name}"
+        self.name, self.cache_id = f"pairwise@{backend.name}", f"pairwise@{backend.cache_id}"
         self.version = f"{PROMPT_VERSION}+{digest_json(_SYSTEM)}"
         self.stats = {"judge_answers_unparsed": 0, "comparisons": 0, "position_disagreements": 0}
 
@@ -77,8 +77,8 @@ class PairwiseJudge:
                 on_done(i, SetAside(f"pairwise comparison {jobs[j][1:3]}: {reason}", raw[i], retryable))
 
         self.stats["judge_answers_unparsed"] += ask_until_parsed(
-            self.backend, conversations, lambda j, answer: (parse_verdict(answer), "no single [[A]], [[B]] or [[C]]"),
-            parsed, gave_up, self.max_retries, self.max_new_tokens)
+            self.backend, conversations, lambda _, answer: parse_verdict(answer), parsed, gave_up, self.max_retries,
+            self.max_new_tokens)
 
     def _scores(self, n: int, verdicts: dict, raw: list[str]) -> Verdict:
         points = [0.0] * n

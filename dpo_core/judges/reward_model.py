@@ -14,6 +14,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from dpo_core.common.models import load_tokenizer, resolve_model
+from dpo_core.inference.backends import local_model_id
 from dpo_core.judges.verdicts import Verdict
 
 
@@ -29,6 +30,7 @@ class RewardModelJudge:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.batch_size, self.max_length = batch_size, max_length
         self.name, self.version = f"reward:{model_ref}", "reward-v1"
+        self.cache_id = f"reward:{local_model_id(path)}"
 
     @torch.inference_mode()
     def rewards(self, chats: list[list[dict]]) -> list[float]:

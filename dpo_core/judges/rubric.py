@@ -106,6 +106,7 @@ class RubricJudge:
         self.backend, self.aspects = backend, list(aspects)
         self.max_retries, self.max_new_tokens = max_retries, max_new_tokens
         self.name = f"rubric[{','.join(self.aspects)}]@{backend.name}"
+        self.cache_id = f"rubric[{','.join(self.aspects)}]@{backend.cache_id}"
         self.version = f"{PROMPT_VERSION}+{digest_json([_SYSTEM, RUBRICS])}"
         self.stats = {"judge_answers_unparsed": 0}
 

@@ -1,8 +1,10 @@
 """What a judge returns for one prompt and its candidates: a verdict, or a reason to set it aside.
 
-Every judge has ``name``, ``version`` (both part of each judgement's cache key) and
-``judge(items, on_done)``: ``items`` are (prompt record, candidate texts); ``on_done(index,
-Verdict | SetAside)`` is called once per item, as soon as that item is decided.
+Every judge has ``name`` (shown in records), ``cache_id`` (what its verdicts depend on: a local
+model's weights, a server's URL and model name) and ``version`` (its prompts), the last two part
+of each judgement's cache key, and ``judge(items, on_done)``: ``items`` are (prompt record,
+candidate texts); ``on_done(index, Verdict | SetAside)`` is called once per item, as soon as that
+item is decided.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ def judge(response: str, instructions: list[dict]) -> tuple[float, list[bool]]:
 class VerifiableJudge:
     """The constraint checks as a judge over (prompt record, candidate texts) items."""
 
-    name = "verifiable"
+    name = cache_id = "verifiable"
     version = NAME
 
     def judge(self, items, on_done) -> None:

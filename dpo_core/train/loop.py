@@ -1,10 +1,13 @@
-"""What SFT and DPO share: the config fields, LoRA setup, the optimisation loop, and saving.
+"""What SFT and DPO share: LoRA setup, the optimisation loop, checkpoints and saving (configs: config.py).
 
 The loop (``fit``) is small and owned here rather than borrowed from ``transformers.Trainer``:
-AdamW, warm-up then cosine or linear decay, gradient accumulation that averages over examples
-(so 4 micro-batches of 1 equal one batch of 4), clipping, bf16 autocast where the device has it,
-evaluation and checkpoints every N steps, and resume from the last checkpoint with optimizer,
-scheduler and RNG state. One metrics line per optimizer step goes to ``metrics.jsonl``.
+AdamW, warm-up then cosine or linear decay, gradient accumulation in which each micro-batch's
+loss is its share of the whole step's mean (per-example terms divided by the step's examples,
+per-token terms such as SFT's cross-entropy by the step's answer tokens, over every process), so 4
+micro-batches of 1, or 2 processes of 2, equal one batch of 4; clipping, bf16 autocast where the
+device has it or the config asks, evaluation and checkpoints every N steps, and resume from the
+last checkpoint with optimizer, scheduler and RNG state. One metrics line per optimizer step goes
+to ``metrics.jsonl``.
 """
 
 from __future__ import annotations
@@ -41,6 +44,21 @@ class TrainResult:
     metrics: dict  # last step's metrics plus totals
 
 
+@dataclass(frozen=True)
+class Totals:
+    """What a step's (or an evaluation's) means are over: all of its examples, on every process and
+    in every micro-batch, and their answer tokens. ``step_loss`` divides its sums by these rather
+    than by its own micro-batch's counts, so the micro-batches' shares add up to the step's mean
+    however the examples are split (a token mean per micro-batch weighs a short answer's tokens more)."""
+
+    examples: int
+    tokens: int
+
+    @classmethod
+    def of(cls, examples: Sequence, answer_tokens: Callable[[object], int]) -> Totals:
+        return cls(len(examples), sum(answer_tokens(e) for e in examples))
+
+
 def release_freed_memory() -> None:
     """Hand memory freed by the last step back to the OS. glibc keeps freed heap blocks for
     reuse, and activations of varying shapes fragment that heap until the resident size is
@@ -74,26 +92,39 @@ def prepare_for_training(model, cfg: TrainConfig):
     return model
 
 
-def autocast(cfg: TrainConfig):
-    """bf16 autocast where asked for or, with "auto", on a GPU that supports it; fp32 on CPUs
-    (bf16 matmuls are several times slower than fp32 on common x86 CPUs)."""
+def resolved_precision(cfg: TrainConfig) -> str:
+    """"bf16" where asked for or, with "auto", on a GPU that supports it; else "fp32" ("auto" keeps
+    CPUs on fp32: bf16 matmuls are several times slower there unless the CPU has AVX512_BF16)."""
     dev = device()
     use_bf16 = cfg.precision == "bf16" or (
         cfg.precision == "auto" and dev.type == "cuda" and torch.cuda.is_bf16_supported())
-    return torch.autocast(dev.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+    return "bf16" if use_bf16 else "fp32"
+
+
+def autocast(cfg: TrainConfig):
+    """bf16 autocast when ``resolved_precision`` says bf16, else nothing (fp32)."""
+    if resolved_precision(cfg) == "bf16":
+        return torch.autocast(device().type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def fit(
     model,
     examples: Sequence,
     make_batch: Callable[[list], object],
-    step_loss: Callable[[object], tuple[torch.Tensor, dict[str, float]]],
+    step_loss: Callable[[object, Totals], tuple[torch.Tensor, dict[str, float]]],
+    answer_tokens: Callable[[object], int],
     cfg: TrainConfig,
     out_dir: Path,
     on_step: Callable[[int, int, dict], None] | None = None,
     eval_examples: Sequence = (),
 ) -> dict:
-    """Optimise ``step_loss`` (mean loss of a batch, and its metrics) over ``examples``.
+    """Optimise ``step_loss`` over ``examples``.
+
+    ``step_loss(batch, totals)`` returns the batch's share of the step's mean loss and of each of
+    its metrics: its sums divided by the step's ``Totals`` (``answer_tokens(example)`` says what one
+    example adds to the token count), so the loop only adds shares up over micro-batches and
+    processes.
 
     Each optimizer step takes ``batch_size * grad_accum * processes`` examples from a per-epoch
     permutation seeded by ``seed + epoch``, so a resumed run sees exactly the data an
@@ -123,16 +154,14 @@ def fit(
             epoch, index = divmod(step, steps_per_epoch)
             order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed + epoch)).tolist()
             chosen = [examples[i] for i in order[index * group : (index + 1) * group]]
+            totals = Totals.of(chosen, answer_tokens)  # every process holds the whole step's examples
             mine = distributed.shard(chosen)
             sums: dict[str, float] = {}
             for start in range(0, len(mine), cfg.batch_size):
-                micro = mine[start : start + cfg.batch_size]
-                weight = len(micro) / len(chosen)  # average over the step's examples, not micro-batches
                 with autocast(cfg):
-                    loss, metrics = step_loss(make_batch(micro))
-                (loss * weight).backward()
-                for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + v * weight
+                    loss, metrics = step_loss(make_batch(mine[start : start + cfg.batch_size]), totals)
+                loss.backward()
+                _add(sums, metrics)
             sums = distributed.sum_values(sums)
             distributed.sum_gradients(params)
             lr = scheduler.get_last_lr()[0]
@@ -142,7 +171,7 @@ def fit(
             step += 1
             last = sums | {"grad_norm": grad_norm, "learning_rate": lr, "epoch": step / steps_per_epoch}
             if eval_examples and ((cfg.eval_steps and step % cfg.eval_steps == 0) or step == total_steps):
-                last |= evaluate_loss(model, eval_examples, make_batch, step_loss, cfg)
+                last |= evaluate_loss(model, eval_examples, make_batch, step_loss, answer_tokens, cfg)
             if log is not None:  # before the checkpoint: a run resumed from it has this step's line
                 log.write(json.dumps({"step": step} | last) + "\n")
                 log.flush()
@@ -154,21 +183,26 @@ def fit(
 
 
 @torch.no_grad()
-def evaluate_loss(model, examples: Sequence, make_batch, step_loss, cfg: TrainConfig) -> dict[str, float]:
-    """``step_loss`` metrics averaged over ``examples`` (each process takes its share), prefixed
-    ``eval_`` as TRL logs them."""
+def evaluate_loss(model, examples: Sequence, make_batch, step_loss, answer_tokens, cfg: TrainConfig) -> dict[str, float]:
+    """``step_loss`` metrics over all of ``examples`` as if one step (each process takes its share),
+    prefixed ``eval_`` as TRL logs them."""
     was_training = model.training
     model.eval()
+    totals = Totals.of(examples, answer_tokens)
     sums: dict[str, float] = {}
     mine = distributed.shard(examples)
     for start in range(0, len(mine), cfg.batch_size):
-        micro = mine[start : start + cfg.batch_size]
         with autocast(cfg):
-            _, metrics = step_loss(make_batch(micro))
-        for k, v in metrics.items():
-            sums[k] = sums.get(k, 0.0) + v * len(micro) / len(examples)
+            _, metrics = step_loss(make_batch(mine[start : start + cfg.batch_size]), totals)
+        _add(sums, metrics)
     model.train(was_training)
     return {f"eval_{k}": v for k, v in distributed.sum_values(sums).items()}
+
+
+def _add(sums: dict[str, float], shares: dict[str, float]) -> None:
+    """Add a micro-batch's metric shares into the running sums, key by key."""
+    for k, v in shares.items():
+        sums[k] = sums.get(k, 0.0) + v
 
 
 def save_trained(model, tokenizer, cfg: TrainConfig, out_dir: Path, metrics: dict) -> TrainResult:

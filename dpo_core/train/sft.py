@@ -2,7 +2,9 @@
 
 With no human-written answers, the DPO paper's recipe is to fine-tune on preferred completions
 first; here those are the highest-scored candidates that follow all (``min_score``) of their
-prompt's instructions. The loss is the mean cross-entropy over answer tokens only.
+prompt's instructions. The loss is the mean cross-entropy over the answer tokens of each
+optimizer step (every micro-batch and process together), so every token weighs the same however
+the step is split.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dpo_core.common.models import load_model, load_tokenizer, resolve_model
 from dpo_core.common.records import JudgedCandidate, PromptRecord
 from dpo_core.train.batching import Batch, answer_token_logps, collate, to_device
 from dpo_core.train.config import SFTConfig
-from dpo_core.train.loop import TrainResult, device, fit, prepare_for_training, save_trained
+from dpo_core.train.loop import Totals, TrainResult, device, fit, prepare_for_training, save_trained
 
 
 def select_sft_examples(prompts_path: Path, candidates_path: Path, min_score: float) -> list[tuple[list, str]]:
@@ -50,12 +52,15 @@ def train_sft(
     def make_batch(items):
         return to_device(collate(items, tokenizer.pad_token_id), device())
 
-    def step_loss(batch: Batch):
+    def step_loss(batch: Batch, totals: Totals):
         logps, _ = answer_token_logps(model, batch)
-        n_tokens = batch.answer_mask.sum()
-        loss = -logps.sum() / n_tokens  # mean cross-entropy per answer token
+        loss = -logps.sum() / totals.tokens  # this batch's share of the step's cross-entropy per answer token
         return loss, {"loss": loss.item(), "num_tokens": float(batch.num_tokens)}
 
-    metrics = fit(model, encoded, make_batch, step_loss, cfg, out_dir, on_step)
+    def answer_tokens(example) -> int:
+        _, (answer,) = example
+        return len(answer)
+
+    metrics = fit(model, encoded, make_batch, step_loss, answer_tokens, cfg, out_dir, on_step)
     metrics["train_examples"] = len(examples)
     return save_trained(model, tokenizer, cfg, out_dir, metrics)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dpo_core.common.io import read_jsonl
+from dpo_core.judges.asking import ask_all
 from dpo_core.judges.parsing import parse_rating
 
 PROMPT_VERSION = "mt-single-v1"  # logged with every grade; edits to this module re-key the evaluate stage
@@ -43,7 +44,7 @@ class Grade:
     turn: int
     answer: str
     rating: float | None  # None: no parseable rating after retries
-    judge_text: str
+    judge_text: str  # the judge's last answer: the one rated, or the last it would not rate
 
 
 def load_questions(path: Path) -> list[Question]:
@@ -82,19 +83,12 @@ def judge_prompt(q: Question, answers: list[str], turn: int) -> list[dict]:
 
 def grade(judge, model_label: str, questions: list[Question], answers: list[list[str]],
           max_retries: int = 2, max_new_tokens: int = 256) -> list[Grade]:
-    """Grade every turn; unparseable judgements are asked again up to ``max_retries`` times."""
+    """Grade every turn; a judgement without a readable rating is asked again, up to ``max_retries``
+    times, with the judge's answer and what is wrong with it (dpo_core.judges.asking)."""
     items = [(q, a, t) for q, a in zip(questions, answers, strict=True) for t in range(len(a))]
-    texts = [""] * len(items)
-    ratings: list[float | None] = [None] * len(items)
-    pending = list(range(len(items)))
-    for _ in range(max_retries + 1):
-        if not pending:
-            break
-        outputs = judge.complete([judge_prompt(*items[i]) for i in pending], max_new_tokens)
-        for i, text in zip(pending, outputs, strict=True):
-            texts[i], ratings[i] = text, parse_rating(text)
-        pending = [i for i in pending if ratings[i] is None]
-    return [Grade(model_label, q.question_id, t, a[t], ratings[i], texts[i]) for i, (q, a, t) in enumerate(items)]
+    results = ask_all(judge, [judge_prompt(*item) for item in items], parse_rating, max_retries, max_new_tokens)
+    return [Grade(model_label, q.question_id, t, a[t], rating, texts[-1])
+            for (q, a, t), (rating, texts) in zip(items, results, strict=True)]
 
 
 def summarize(grades: list[Grade]) -> dict[str, float]:

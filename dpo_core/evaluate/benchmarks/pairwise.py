@@ -2,7 +2,7 @@
 
 The judge sees the question and two answers and answers ``[[A]]``, ``[[B]]`` or ``[[C]]`` (tie).
 Each pair is asked twice with the answers swapped; a model wins only if both orders agree,
-disagreement counts as a tie. Unparseable verdicts after retries are counted and left out.
+disagreement counts as a tie. Unparseable verdicts after re-asks are counted and left out.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dpo_core.evaluate.benchmarks.stats import length_controlled_win_rate, win_rate
+from dpo_core.judges.asking import ask_all
 from dpo_core.judges.pairwise import AS_FIRST, AS_SECOND, PROMPT_VERSION, outcome, pairwise_prompt
 from dpo_core.judges.parsing import parse_verdict
 
@@ -23,27 +24,17 @@ class Comparison:
     verdict_model_first: str | None
     verdict_model_second: str | None
     length_diff: int  # characters, model minus baseline
-    judge_texts: tuple[str, str]
-
-
-def _ask(judge, prompts: list[list[dict]], max_retries: int, max_new_tokens: int) -> list[tuple[str | None, str]]:
-    results: list[tuple[str | None, str]] = [(None, "")] * len(prompts)
-    pending = list(range(len(prompts)))
-    for _ in range(max_retries + 1):
-        if not pending:
-            break
-        for i, text in zip(pending, judge.complete([prompts[i] for i in pending], max_new_tokens), strict=True):
-            results[i] = (parse_verdict(text), text)
-        pending = [i for i in pending if results[i][0] is None]
-    return results
+    judge_texts: tuple[str, str]  # the judge's last answer in each order
 
 
 def compare(judge, items: list[tuple[str, str, str, str]], max_retries: int = 2,
             max_new_tokens: int = 256) -> list[Comparison]:
-    """``items``: (prompt_id, question, model_answer, baseline_answer)."""
-    first = _ask(judge, [pairwise_prompt(q, m, b) for _, q, m, b in items], max_retries, max_new_tokens)
-    second = _ask(judge, [pairwise_prompt(q, b, m) for _, q, m, b in items], max_retries, max_new_tokens)
-    return [Comparison(pid, outcome(f[0], s[0]), f[0], s[0], len(m) - len(b), (f[1], s[1]))
+    """``items``: (prompt_id, question, model_answer, baseline_answer); a verdict the judge does not
+    give readably is asked again with the problem named (dpo_core.judges.asking)."""
+    prompts = [pairwise_prompt(q, m, b) for _, q, m, b in items] + [pairwise_prompt(q, b, m) for _, q, m, b in items]
+    results = ask_all(judge, prompts, parse_verdict, max_retries, max_new_tokens)
+    first, second = results[: len(items)], results[len(items) :]
+    return [Comparison(pid, outcome(f[0], s[0]), f[0], s[0], len(m) - len(b), (f[1][-1], s[1][-1]))
             for (pid, _, m, b), f, s in zip(items, first, second, strict=True)]
 
 

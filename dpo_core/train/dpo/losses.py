@@ -4,6 +4,7 @@ Every loss reads a ``PairLogps`` and returns per-pair losses of shape (B,). Nota
   pc, pr  = policy log-prob of the chosen / rejected answer, summed over its tokens
   rc, rr  = the same under the reference model
   |c|,|r| = answer lengths in tokens
+  c_step  = chosen tokens per pair over the whole optimizer step (all its micro-batches and processes)
   d       = (pc - rc) - (pr - rr), the difference of log-ratios; beta the inverse temperature.
 The implicit reward of an answer is beta * (log pi - log pi_ref) (DPO paper, eq. 5).
 """
@@ -28,7 +29,7 @@ class PairLogps:
     ref_rejected: torch.Tensor
     chosen_tokens: torch.Tensor  # (B,) answer lengths
     rejected_tokens: torch.Tensor
-    chosen_nll: torch.Tensor  # () mean NLL per chosen token over the batch (for the "sft" term)
+    step_chosen_tokens: float  # c_step: the "sft" term's token mean is over the whole step
 
     @property
     def delta(self) -> torch.Tensor:
@@ -95,8 +96,10 @@ def simpo(s: PairLogps, o: LossSettings) -> torch.Tensor:
 
 
 def sft(s: PairLogps, o: LossSettings) -> torch.Tensor:
-    """NLL of the chosen answers, per token: added with a weight it gives RPO (Pang et al. 2024)."""
-    return s.chosen_nll.expand(s.policy_chosen.shape)
+    """NLL of the chosen answers per token (added with a weight it gives RPO, Pang et al. 2024):
+    -pc / c_step, whose mean over the step's pairs is their summed NLL over their chosen tokens, the
+    token mean TRL takes over a batch, however the pairs are split into micro-batches."""
+    return -s.policy_chosen / s.step_chosen_tokens
 
 
 LOSSES: dict[str, Callable[[PairLogps, LossSettings], torch.Tensor]] = {

@@ -2,9 +2,11 @@
 
 The reference never changes during training, so its log-probs over the training pairs are
 computed in one no-grad pass before the first step, and stored under a key made of the reference
-model's fingerprint and the digest of the exact token ids (which covers the data, the chat
-template and the truncation). A later run with the same key, a new beta or loss say, reads them
-back instead of running the reference again.
+model's fingerprint, the precision it ran in (bf16 autocast or fp32, as training runs: bf16
+rounding moves a sequence's log-prob by some 1e-3 nats, as much as DPO's first rewards) and the
+digest of the exact token ids (which covers the data, the chat template and the truncation). A
+later run with the same key, a new beta or loss say, reads them back instead of running the
+reference again.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ from dpo_core.train.loop import device
 Example = tuple[list[int], list[list[int]]]  # (prompt_ids, [chosen_ids, rejected_ids])
 
 
-def reference_key(model_fingerprint: str, examples: Sequence[Example]) -> str:
-    return digest_json(["ref-logps-v1", model_fingerprint, [list(e) for e in examples]])
+def reference_key(model_fingerprint: str, examples: Sequence[Example], precision: str) -> str:
+    """``precision``: "fp32" or "bf16", as ``loop.resolved_precision`` gives it."""
+    return digest_json(["ref-logps-v1", model_fingerprint, precision, [list(e) for e in examples]])
 
 
 def cache_path(cache_dir: Path, key: str) -> Path:

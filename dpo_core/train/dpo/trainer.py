@@ -6,7 +6,8 @@ disk) -> ``fit`` (the shared loop: accumulation, schedule, eval, checkpoints, re
 Reference modes: ``precompute_reference`` (default) runs the reference once over all pairs
 before training, with the policy itself (identical to the reference at step 0), caching the
 result on disk; otherwise the reference runs every step: the policy with its LoRA adapter
-disabled, or a frozen copy for a full fine-tune.
+disabled, or a frozen copy for a full fine-tune. Either way it runs in the training's precision
+(bf16 autocast or fp32), so the two modes give the same log-probs.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from dpo_core.train.batching import Batch, answer_token_logps, collate, to_devic
 from dpo_core.train.config import DPOConfig
 from dpo_core.train.dpo.losses import LossSettings, PairLogps, combined_loss
 from dpo_core.train.dpo.reference import cache_path, compute_reference_logps, load_or_compute, pair_logps, reference_key
-from dpo_core.train.loop import TrainResult, device, fit, prepare_for_training, save_trained
+from dpo_core.train.loop import Totals, TrainResult, autocast, device, fit, prepare_for_training, resolved_precision, save_trained
 
 
 @dataclass
@@ -63,9 +64,10 @@ def train_dpo(
     ref_logps = torch.zeros(len(examples), 2)
     reused, ref_started = False, time.perf_counter()
     if cfg.needs_reference and cfg.precompute_reference:
-        key = reference_key(model_fingerprint(path), examples)
-        ref_logps, reused = load_or_compute(cache_path(cache_dir(), key), lambda: compute_reference_logps(
-            policy, examples, tokenizer.pad_token_id, cfg.batch_size, cfg.share_prefix, disable_adapter=cfg.lora))
+        key = reference_key(model_fingerprint(path), examples, resolved_precision(cfg))
+        with autocast(cfg):  # the precision training runs in, as a per-step reference runs inside fit's autocast
+            ref_logps, reused = load_or_compute(cache_path(cache_dir(), key), lambda: compute_reference_logps(
+                policy, examples, tokenizer.pad_token_id, cfg.batch_size, cfg.share_prefix, disable_adapter=cfg.lora))
     reference_runtime = time.perf_counter() - ref_started
     if distributed.is_main():
         print(f"reference log-probs: {'reused from disk' if reused else 'computed'} in {reference_runtime:.1f}s",
@@ -84,44 +86,55 @@ def train_dpo(
         batch = collate([e for e, _ in items], tokenizer.pad_token_id, cfg.share_prefix)
         return PairBatch(batch, torch.stack([r for _, r in items])).to(device())
 
-    def step_loss(pb: PairBatch):
+    def step_loss(pb: PairBatch, totals: Totals):
         logps, mean_logits = answer_token_logps(policy, pb.batch)
         ref = pb.ref
         if cfg.needs_reference and not cfg.precompute_reference:
             ref = pair_logps(ref_model, pb.batch, disable_adapter=cfg.lora)
         return dpo_step(logps, mean_logits, pb.batch.answer_mask, ref, settings, cfg.loss_type, cfg.weights,
-                        pb.batch.num_tokens)
+                        pb.batch.num_tokens, totals)
 
-    metrics = fit(policy, train_set, make_batch, step_loss, cfg, out_dir, on_step, eval_set)
+    def chosen_tokens(item) -> int:  # the "sft" term's token mean is over chosen answers
+        (_, (chosen, _)), _ = item
+        return len(chosen)
+
+    metrics = fit(policy, train_set, make_batch, step_loss, chosen_tokens, cfg, out_dir, on_step, eval_set)
     metrics |= {"train_pairs": len(train_set), "eval_pairs": len(eval_set), "reference_reused": float(reused),
                 "reference_runtime": reference_runtime}
     return save_trained(policy, tokenizer, cfg, out_dir, metrics)
 
 
-def dpo_step(logps, mean_logits, answer_mask, ref, settings: LossSettings, types, weights, num_tokens):
-    """The batch's mean loss and TRL-named metrics from per-token answer log-probs (2B, A)."""
+def dpo_step(logps, mean_logits, answer_mask, ref, settings: LossSettings, types, weights, num_tokens,
+             totals: Totals):
+    """This batch's share of the step's mean loss and TRL-named metrics, from per-token answer
+    log-probs (2B, A): per-pair values summed and divided by the step's pair count, so the shares
+    of all micro-batches add up to the step's means (``num_tokens`` to the step's total)."""
     summed = logps.sum(-1)
     lengths = answer_mask.sum(-1)
-    chosen_mask = answer_mask[0::2]
     s = PairLogps(
         policy_chosen=summed[0::2], policy_rejected=summed[1::2], ref_chosen=ref[:, 0], ref_rejected=ref[:, 1],
         chosen_tokens=lengths[0::2], rejected_tokens=lengths[1::2],
-        chosen_nll=-logps[0::2].sum() / chosen_mask.sum(),
+        step_chosen_tokens=totals.tokens / totals.examples,
     )
-    loss = combined_loss(s, settings, types, weights).mean()
+    loss = combined_loss(s, settings, types, weights).sum() / totals.examples
     rc = settings.beta * (s.policy_chosen - s.ref_chosen).detach()
     rr = settings.beta * (s.policy_rejected - s.ref_rejected).detach()
+
+    def share(per_pair: torch.Tensor) -> float:
+        return per_pair.sum().item() / totals.examples
+
     metrics = {
         "loss": loss.item(),
-        "rewards/chosen": rc.mean().item(),
-        "rewards/rejected": rr.mean().item(),
-        "rewards/accuracies": (rc > rr).float().mean().item(),
-        "rewards/margins": (rc - rr).mean().item(),
-        "logps/chosen": s.policy_chosen.detach().mean().item(),
-        "logps/rejected": s.policy_rejected.detach().mean().item(),
-        # token-weighted like TRL: sum of per-position mean logits over the answer tokens
-        "logits/chosen": (mean_logits[0::2].sum() / chosen_mask.sum()).item(),
-        "logits/rejected": (mean_logits[1::2].sum() / answer_mask[1::2].sum()).item(),
+        "rewards/chosen": share(rc),
+        "rewards/rejected": share(rr),
+        "rewards/accuracies": share((rc > rr).float()),
+        "rewards/margins": share(rc - rr),
+        "logps/chosen": share(s.policy_chosen.detach()),
+        "logps/rejected": share(s.policy_rejected.detach()),
+        # token-weighted within the batch like TRL (sum of per-position mean logits over its answer
+        # tokens), then weighted by the batch's pairs like TRL's average over accumulated batches
+        "logits/chosen": (mean_logits[0::2].sum() / lengths[0::2].sum()).item() * len(rc) / totals.examples,
+        "logits/rejected": (mean_logits[1::2].sum() / lengths[1::2].sum()).item() * len(rc) / totals.examples,
         "num_tokens": float(num_tokens),
     }
     return loss, metrics
