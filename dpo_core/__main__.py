@@ -16,7 +16,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from dpo_core.common.protocol import RESULT_FILE, report_progress
+from dpo_core.common.protocol import ERROR_FILE, RESULT_FILE, error_record, report_progress
 
 STAGES = ("feedback", "sft", "dpo", "evaluate")
 
@@ -62,7 +62,11 @@ def main(argv: list[str] | None = None) -> None:
 
     transformers.utils.logging.disable_progress_bar()  # one line per batch or step is enough in a run log
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    result = run_stage(args.stage, json.loads(args.job.read_text()), args.out_dir)
+    try:
+        result = run_stage(args.stage, json.loads(args.job.read_text()), args.out_dir)
+    except Exception as exc:  # the parent quotes it and retries only a network fault; the traceback follows
+        (args.out_dir / ERROR_FILE).write_text(json.dumps(error_record(exc), indent=2))
+        raise
     if distributed.is_main():  # under accelerate launch every process ran the stage; one reports
         (args.out_dir / RESULT_FILE).write_text(json.dumps(asdict(result), indent=2))
         print(f"{args.stage} finished: {args.out_dir / RESULT_FILE}", file=sys.stderr)

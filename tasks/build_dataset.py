@@ -14,13 +14,14 @@ from dpo_core.common.io import read_jsonl
 from dpo_core.data.build_dataset import BUILTIN, BuildConfig, build_dataset
 from dpo_core.data.instructions import INSTRUCTION_SET_PATH
 from tasks.plumbing.results import DatasetRef
-from tasks.plumbing.stage import markdown_table, output_dir, publish, stage_cache
+from tasks.plumbing.stage import markdown_table, output_dir, publish, retry_transient, stage_cache
 from tasks.plumbing.tracking import experiment_id, stage_run
 
 STAGE, ENTRY = "build-dataset", "dpo_core.data.build_dataset"  # ENTRY's import closure is the code version in the cache key
 
 
-@task(name=STAGE, cache_policy=stage_cache(ENTRY), persist_result=True, retries=1, retry_delay_seconds=5)
+@task(name=STAGE, cache_policy=stage_cache(ENTRY), persist_result=True, retries=1, retry_delay_seconds=5,
+      retry_condition_fn=retry_transient)
 def build_dataset_task(cfg: BuildConfig, source_digest: str, parent_run_id: str) -> DatasetRef:
     out = output_dir(STAGE, ENTRY, asdict(cfg), source_digest)
     with stage_run(STAGE, parent_run_id, asdict(cfg)) as run_id:

@@ -8,13 +8,14 @@ from prefect import task
 
 from dpo_core.train.config import DPOConfig
 from tasks.plumbing.results import FeedbackRef, ModelRef
-from tasks.plumbing.stage import output_dir, stage_cache
+from tasks.plumbing.stage import output_dir, retry_transient, stage_cache
 from tasks.plumbing.training import train_in_child
 
 STAGE, ENTRY = "dpo", "dpo_core.train.dpo.trainer"  # ENTRY's import closure is the code version in the cache key
 
 
-@task(name=STAGE, cache_policy=stage_cache(ENTRY), persist_result=True, retries=1, retry_delay_seconds=10)
+@task(name=STAGE, cache_policy=stage_cache(ENTRY), persist_result=True, retries=1, retry_delay_seconds=10,
+      retry_condition_fn=retry_transient)
 def dpo_task(
     cfg: DPOConfig, policy: ModelRef, feedback: FeedbackRef, parent_run_id: str,
     timeout_s: float | None = None,

@@ -14,13 +14,14 @@ from dpo_core.feedback.config import FeedbackConfig
 from tasks.plumbing.child import run_stage_in_child
 from tasks.plumbing.progress import Progress
 from tasks.plumbing.results import DatasetRef, FeedbackRef
-from tasks.plumbing.stage import markdown_table, output_dir, publish, stage_cache
+from tasks.plumbing.stage import markdown_table, output_dir, publish, retry_transient, stage_cache
 from tasks.plumbing.tracking import experiment_id, stage_run
 
 STAGE, ENTRY = "collect-feedback", "dpo_core.feedback.stage"  # ENTRY's import closure is the code version in the cache key
 
 
-@task(name=STAGE, cache_policy=stage_cache(ENTRY), persist_result=True, retries=1, retry_delay_seconds=10)
+@task(name=STAGE, cache_policy=stage_cache(ENTRY), persist_result=True, retries=1, retry_delay_seconds=10,
+      retry_condition_fn=retry_transient)
 def collect_feedback_task(
     cfg: FeedbackConfig, model: str, data: DatasetRef, parent_run_id: str,
     timeout_s: float | None = None, api_key_secret: str | None = None,

@@ -9,13 +9,14 @@ from prefect import task
 from dpo_core.common.models import model_fingerprint, resolve_model
 from dpo_core.train.config import SFTConfig
 from tasks.plumbing.results import DatasetRef, FeedbackRef, ModelRef
-from tasks.plumbing.stage import output_dir, stage_cache
+from tasks.plumbing.stage import output_dir, retry_transient, stage_cache
 from tasks.plumbing.training import train_in_child
 
 STAGE, ENTRY = "sft", "dpo_core.train.sft"  # ENTRY's import closure is the code version in the cache key
 
 
-@task(name=STAGE, cache_policy=stage_cache(ENTRY), persist_result=True, retries=1, retry_delay_seconds=10)
+@task(name=STAGE, cache_policy=stage_cache(ENTRY), persist_result=True, retries=1, retry_delay_seconds=10,
+      retry_condition_fn=retry_transient)
 def sft_task(
     cfg: SFTConfig, model: str, data: DatasetRef, feedback: FeedbackRef, parent_run_id: str,
     timeout_s: float | None = None,

@@ -1,12 +1,21 @@
-"""Stages in a child process group: results come back, deadlines kill the whole group."""
+"""Stages in a child process group: results come back, deadlines kill the whole group, failures
+quote the child's error and say whether a retry could help."""
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
+
 import psutil
 import pytest
+from prefect import flow, task
+from prefect.states import Failed
 
 from dpo_core.common.io import write_jsonl
-from tasks.plumbing.child import run_stage_in_child
+from tasks.plumbing.child import StageFailed, run_stage_in_child
+from tasks.plumbing.stage import retry_transient
 
 CHAT = [{"role": "user", "content": "hi"}]
 
@@ -33,15 +42,68 @@ def test_child_returns_result_and_relays_logs(tiny_model, tmp_path):
 
 def test_deadline_kills_the_process_group(tiny_model, tmp_path):
     job = {"config": {"epochs": 50, "batch_size": 2}, "inputs": {"model": tiny_model, "pairs_path": _pairs(tmp_path)}}
-    with pytest.raises(TimeoutError, match="process group was killed"):
+    with pytest.raises(StageFailed, match="process group was killed") as failed:
         run_stage_in_child("dpo", job, tmp_path / "out", lambda _: None, timeout_s=3)
+    assert not failed.value.retryable
     assert _stage_processes(tmp_path / "out") == []
 
 
-def test_failing_stage_raises_with_its_exit_code(tiny_model, tmp_path):
+def test_bad_data_fails_once_quoting_the_childs_error(tiny_model, tmp_path):
     empty = write_jsonl(tmp_path / "empty.jsonl", [])
     job = {"config": {}, "inputs": {"model": tiny_model, "pairs_path": str(empty)}}
     lines = []
-    with pytest.raises(RuntimeError, match="exited with code 1"):
+    with pytest.raises(StageFailed, match=r"stage dpo failed: ValueError: .*holds no preference pairs") as failed:
         run_stage_in_child("dpo", job, tmp_path / "out", lines.append)
-    assert any("holds no preference pairs" in line for line in lines)
+    assert not failed.value.retryable  # the same file would fail the same way
+    assert any("Traceback" in line for line in lines)  # the whole traceback still reaches the run's log
+
+
+def test_a_bad_config_is_quoted_too(tiny_model, tmp_path):
+    job = {"config": {"num_procesess": 2}, "inputs": {"model": tiny_model, "pairs_path": _pairs(tmp_path, 4)}}
+    with pytest.raises(StageFailed, match="num_procesess") as failed:
+        run_stage_in_child("dpo", job, tmp_path / "out", lambda _: None)
+    assert not failed.value.retryable
+
+
+def test_a_child_killed_from_outside_may_be_retried(tiny_model, tmp_path):
+    job = {"config": {"epochs": 50, "batch_size": 2}, "inputs": {"model": tiny_model, "pairs_path": _pairs(tmp_path)}}
+    out = tmp_path / "out"
+
+    def kill_when_started():
+        for _ in range(600):
+            procs = _stage_processes(out)
+            if procs:
+                time.sleep(1)
+                os.kill(procs[0].pid, signal.SIGKILL)  # as the OOM killer or a preempted machine would
+                return
+            time.sleep(0.1)
+
+    killer = threading.Thread(target=kill_when_started)
+    killer.start()
+    with pytest.raises(StageFailed, match="killed by signal 9") as failed:
+        run_stage_in_child("dpo", job, out, lambda _: None)
+    killer.join()
+    assert failed.value.retryable
+
+
+@pytest.mark.parametrize(("error", "retried"), [
+    (StageFailed("stage sft failed: ValueError: bad row", retryable=False), False),
+    (StageFailed("stage sft was killed by signal 9", retryable=True), True),
+    (ValueError("pairs.jsonl:3: not valid JSON"), False),
+    (ConnectionError("MLflow server refused the connection"), True),
+])
+def test_prefect_retries_only_what_may_not_happen_again(prefect_server, error, retried):
+    attempts = []
+
+    @task(retries=1, retry_delay_seconds=0, retry_condition_fn=retry_transient)
+    def flaky():
+        attempts.append(1)
+        raise error
+
+    @flow
+    def one_task() -> bool:
+        return flaky(return_state=True).is_failed()
+
+    assert one_task()
+    assert len(attempts) == (2 if retried else 1)
+    assert retry_transient(None, None, Failed(data=error)) is retried

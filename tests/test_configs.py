@@ -31,6 +31,12 @@ def test_every_field_is_described(config):
     (lambda: DPOConfig(eval_steps=5), "eval_steps"),
     (lambda: SFTConfig(eval_steps=5), "eval_steps"),
     (lambda: EvalConfig(mt_bench_path="questions.jsonl"), "mt_bench_path"),
+    (lambda: FeedbackConfig(generators=["openai:|gpt-4o"]), "generators"),  # an empty base URL
+    (lambda: FeedbackConfig(generators=["opnai:http://127.0.0.1:8000/v1|m"]), "unknown prefix 'opnai'"),
+    (lambda: FeedbackConfig(generators=["local:"]), "generators"),
+    (lambda: FeedbackConfig(judge="rubric:opnai:http://127.0.0.1:8000/v1|m"), "judge rubric:"),
+    (lambda: FeedbackConfig(judge="pairwise:openai:http://127.0.0.1:8000/v1|"), "judge pairwise:"),
+    (lambda: FeedbackConfig(judge="rubric"), "judge 'rubric'"),
 ])
 def test_a_field_that_would_do_nothing_is_an_error_naming_it(make, field):
     with pytest.raises(ValueError, match=field):
@@ -43,6 +49,9 @@ def test_the_same_fields_are_accepted_where_they_are_read():
     assert DPOConfig(loss_type=["simpo"], simpo_gamma=0.3).simpo_gamma == 0.3
     assert DPOConfig(eval_steps=5, eval_fraction=0.1).eval_steps == 5
     assert EvalConfig(mt_bench_path="questions.jsonl", judge="local:x").judge == "local:x"
+    specs = ["embedded:smollm2-135m-instruct", "./my-model", "HuggingFaceH4/zephyr-7b-beta", "local:./m",
+             "openai:http://127.0.0.1:8000/v1|my-model"]
+    assert FeedbackConfig(generators=specs, judge="rubric:openai:https://api.example.com/v1|judge").generators == specs
 
 
 def test_configs_child_protocol_and_flows_load_without_torch():

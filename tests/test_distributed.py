@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from torch.testing import assert_close
 
 from dpo_core.common.io import write_jsonl
-from tasks.plumbing.child import run_stage_in_child
+from tasks.plumbing.child import StageFailed, run_stage_in_child
 
 CHAT = [{"role": "user", "content": "Answer in one short line."}]
 
@@ -96,7 +96,7 @@ def test_deadline_kills_every_process_of_the_launch(tiny_model, tmp_path, monkey
     inputs = {"model": tiny_model, "pairs_path": _pairs(tmp_path, 64)}
     cfg = {"epochs": 50, "batch_size": 2, "num_processes": 2}
     monkeypatch.setenv("DPO_CACHE_DIR", str(tmp_path / "cache"))
-    with pytest.raises(TimeoutError, match="process group was killed"):
+    with pytest.raises(StageFailed, match="process group was killed"):
         run_stage_in_child("dpo", {"config": cfg, "inputs": inputs}, tmp_path / "out", lambda _: None,
                            timeout_s=20, processes=2)
     out = str(tmp_path / "out")

@@ -72,3 +72,15 @@ def test_collect_feedback_writes_candidates_and_valid_pairs(tiny_model, tmp_path
     trl_ready = load_from_disk(str(tmp_path / "feedback" / "pairs_dataset"))
     assert trl_ready.num_rows == len(pairs) and trl_ready[0]["chosen"][0]["role"] == "assistant"
     assert (tmp_path / "feedback" / "pairs.parquet").exists()
+
+
+def test_generic_prompts_under_the_verifiable_judge_stop_before_any_generation(tiny_model, tmp_path):
+    from dpo_core.common.io import write_jsonl
+
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [
+        PromptRecord(f"g{i}", [{"role": "user", "content": f"Explain TCP slow start, take {i}."}]).to_dict()
+        for i in range(3)])
+    cache = tmp_path / "items.sqlite"
+    with pytest.raises(ValueError, match=r"none of its 3 prompts has verifiable instructions.*set feedback.judge"):
+        collect_feedback(FeedbackConfig(cache_path=str(cache)), tiny_model, prompts, tmp_path / "out")
+    assert not cache.exists()  # nothing was generated, so nothing was stored

@@ -2,6 +2,7 @@
 
 Files between stages are JSONL with one of these records per line:
   prompts   -> PromptRecord       (build dataset)
+  sft       -> SFTRecord          (build dataset: a team's conversations)
   candidates-> JudgedCandidate    (collect feedback)
   pairs     -> PreferencePair     (collect feedback; TRL's conversational preference format)
   eval      -> EvalSample         (evaluate)
@@ -15,8 +16,8 @@ Message = dict  # {"role": "system" | "user" | "assistant", "content": str}
 _ROLES = {"system", "user", "assistant"}
 
 
-def validate_messages(messages, where: str) -> None:
-    """Raise ValueError naming ``where`` unless ``messages`` is a chat ending in a user turn."""
+def validate_messages(messages, where: str, last_role: str = "user") -> None:
+    """Raise ValueError naming ``where`` unless ``messages`` is a chat ending in a ``last_role`` turn."""
     if not isinstance(messages, list) or not messages:
         raise ValueError(f"{where}: messages must be a non-empty list of {{role, content}} dicts")
     for i, m in enumerate(messages):
@@ -24,8 +25,8 @@ def validate_messages(messages, where: str) -> None:
             raise ValueError(f"{where}: message {i} must be {{'role': one of {sorted(_ROLES)}, 'content': str}}")
         if not m["content"].strip():
             raise ValueError(f"{where}: message {i} ({m['role']}) has empty content")
-    if messages[-1]["role"] != "user":
-        raise ValueError(f"{where}: the last message must come from the user, got {messages[-1]['role']!r}")
+    if messages[-1]["role"] != last_role:
+        raise ValueError(f"{where}: the last message must come from the {last_role}, got {messages[-1]['role']!r}")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,24 @@ class PromptRecord:
     def text(self) -> str:
         """The last user turn: what dedupe and decontamination compare."""
         return self.messages[-1]["content"]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SFTRecord:
+    """A conversation to imitate: SFT trains on every assistant turn of it (assistant-only loss)."""
+
+    id: str
+    messages: list[Message]
+
+    def __post_init__(self):
+        if not self.id:
+            raise ValueError("SFTRecord.id must be non-empty")
+        validate_messages(self.messages, f"conversation {self.id}", last_role="assistant")
+        if not any(m["role"] == "user" for m in self.messages):
+            raise ValueError(f"conversation {self.id}: needs a user turn before the assistant's")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -106,7 +125,11 @@ class PreferencePair:
 
 @dataclass(frozen=True)
 class EvalSample:
-    """One model's answer to one held-out prompt and which instructions it followed."""
+    """One model's answer to one held-out prompt, which of its instructions the answer followed (none
+    for a prompt without instructions) and its other per-prompt scores by metric name (judge/rating,
+    reward/score, the DPO model's pairwise/win_rate_vs_base...; None where the judge gave no readable
+    answer). The verifiable scores are not repeated in ``scores``: they derive from the flags
+    (dpo_core.evaluate.gate.per_prompt_scores)."""
 
     model: str
     prompt_id: str
@@ -114,10 +137,20 @@ class EvalSample:
     response: str
     passed_strict: list[bool]
     passed_loose: list[bool]
+    scores: dict[str, float | None] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if len(self.passed_strict) != len(self.passed_loose):
+            raise ValueError(f"eval sample {self.model}/{self.prompt_id}: {len(self.passed_strict)} strict and "
+                             f"{len(self.passed_loose)} loose flags; need one of each per instruction")
+        bad = {k: v for k, v in self.scores.items() if not (v is None or isinstance(v, int | float))}
+        if bad:
+            raise ValueError(f"eval sample {self.model}/{self.prompt_id}: scores must be numbers or None, got {bad}")
 
     @property
-    def prompt_pass(self) -> bool:
-        return all(self.passed_strict)
+    def prompt_pass(self) -> bool | None:
+        """Every instruction followed (strictly); None for a prompt without instructions."""
+        return all(self.passed_strict) if self.passed_strict else None
 
     def to_dict(self) -> dict:
         return asdict(self) | {"prompt_pass": self.prompt_pass}

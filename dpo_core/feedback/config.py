@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field
 
 from dpo_core.common.config import config_dataclass
-from dpo_core.inference.config import ClientOptions, SamplingConfig
+from dpo_core.inference.config import ClientOptions, SamplingConfig, check_model_spec
 from dpo_core.judges.rubric import ULTRAFEEDBACK_ASPECTS, Aspect
 
 JUDGE_KINDS = ("verifiable", "rubric", "pairwise", "reward")
@@ -41,3 +41,9 @@ class FeedbackConfig:
         if kind not in JUDGE_KINDS or (kind == "verifiable") != (rest == ""):
             raise ValueError(f"judge {self.judge!r}: use verifiable, rubric:<backend>, pairwise:<backend> "
                              "or reward:<model ref>")
+        if kind in ("rubric", "pairwise"):
+            check_model_spec(rest, f"judge {kind}:", bare=False)
+        if kind == "reward":
+            check_model_spec(rest, "judge reward:")
+        for spec in self.generators:
+            check_model_spec(spec, "generators")

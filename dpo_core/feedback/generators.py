@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from dpo_core.common.models import load_model, load_tokenizer, resolve_model
-from dpo_core.inference.backends import endpoint_id, local_model_id, make_client, openai_endpoint
-from dpo_core.inference.config import ClientOptions, SamplingConfig
+from dpo_core.inference.backends import endpoint_id, local_model_id, make_client
+from dpo_core.inference.config import ClientOptions, SamplingConfig, openai_endpoint
 from dpo_core.inference.generation import generate
 from dpo_core.inference.openai_client import Failure, Usage
 

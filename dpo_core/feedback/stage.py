@@ -72,7 +72,7 @@ def collect_feedback(
     out_dir = Path(out_dir)
     started = time.perf_counter()
     prompts = [PromptRecord(**r) for r in read_jsonl(prompts_path)][: cfg.max_prompts]
-    judgeable = [p for p in prompts if p.instructions] if cfg.judge == "verifiable" else prompts
+    judgeable = judgeable_prompts(prompts, cfg.judge, prompts_path)
     # beside out_dir: runs of the stage with other settings (binarization, margin) share the items
     cache = ItemCache(Path(cfg.cache_path) if cfg.cache_path else out_dir.parent / "feedback-items.sqlite")
     generators = [make_generator(spec, cfg.client) for spec in [model_ref, *cfg.generators]]
@@ -108,6 +108,22 @@ def collect_feedback(
     (out_dir / "stats.json").write_text(json.dumps({"config": asdict(cfg), "stats": stats}, indent=2))
     cache.close()
     return FeedbackResult(str(cand_path), str(pairs_path), digest_files([pairs_path, cand_path]), stats)
+
+
+def judgeable_prompts(prompts: list[PromptRecord], judge: str, source) -> list[PromptRecord]:
+    """The prompts ``judge`` can score. The verifiable judge scores only prompts with instructions:
+    when none has any, stop before generating anything and name the setting that fixes it."""
+    if judge != "verifiable":
+        return prompts
+    judgeable = [p for p in prompts if p.instructions]
+    if not judgeable:
+        raise ValueError(f"{source}: none of its {len(prompts)} prompts has verifiable instructions, so the default "
+                         "judge cannot score their answers: set feedback.judge to rubric:<backend>, pairwise:<backend> "
+                         "or reward:<model ref> (a backend is local:<model ref> or openai:<base_url>|<model>)")
+    if len(judgeable) < len(prompts):
+        print(f"feedback: {len(prompts) - len(judgeable)} of {len(prompts)} prompts have no verifiable instructions and "
+              "are skipped by the verifiable judge (feedback.judge=rubric:... would score them)", flush=True)
+    return judgeable
 
 
 class _Progress:

@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable
 
 from dpo_core.common.models import load_model, load_tokenizer, model_fingerprint, resolve_model
-from dpo_core.inference.config import ClientOptions, SamplingConfig
+from dpo_core.inference.config import ClientOptions, SamplingConfig, openai_endpoint
 from dpo_core.inference.generation import generate
 from dpo_core.inference.openai_client import Failure, OpenAIClient, Usage
 
@@ -60,14 +60,6 @@ class LocalChat:
 
     def complete(self, conversations: list[list[dict]], max_new_tokens: int = 256) -> list[str]:
         return _collect(self, conversations, max_new_tokens)
-
-
-def openai_endpoint(spec: str, role: str) -> tuple[str, str]:
-    """(base_url, model) of the ``openai:<base_url>|<model>`` spec of a ``role`` (judge, generator)."""
-    base_url, _, model = spec.removeprefix("openai:").partition("|")
-    if not spec.startswith("openai:") or not base_url or not model:
-        raise ValueError(f"{role} {spec!r}: use openai:<base_url>|<model>")
-    return base_url, model
 
 
 def make_client(base_url: str, model: str, options: ClientOptions) -> OpenAIClient:

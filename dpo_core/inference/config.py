@@ -1,4 +1,5 @@
-"""How answers are sampled and how hard an OpenAI-compatible server is pushed.
+"""How answers are sampled, how hard an OpenAI-compatible server is pushed, and the model specs
+generators and judges are named by (checked when a config is built, before any work).
 
 Free of torch, so configs load in Prefect's flow process and the UI's forms without a model stack.
 """
@@ -35,3 +36,31 @@ class ClientOptions:
     max_retries: int = Field(4, ge=0, le=20, description="Retries of a request that failed transiently")
     concurrency: int = Field(8, ge=1, le=1024, description="Requests in flight at once")
     requests_per_s: float | None = Field(None, gt=0.0, description="Rate limit (none by default)")
+
+
+def openai_endpoint(spec: str, role: str) -> tuple[str, str]:
+    """(base_url, model) of the ``openai:<base_url>|<model>`` spec of a ``role`` (judge, generator)."""
+    base_url, _, model = spec.removeprefix("openai:").partition("|")
+    if not spec.startswith("openai:") or not base_url.strip() or not model.strip():
+        raise ValueError(f"{role} {spec!r}: use openai:<base_url>|<model>, e.g. openai:http://127.0.0.1:8000/v1|my-model")
+    return base_url, model
+
+
+def check_model_spec(spec: str, role: str, bare: bool = True) -> str:
+    """Refuse a malformed ``local:<model ref>`` / ``openai:<base_url>|<model>`` spec (or, with ``bare``,
+    a model reference alone) naming the ``role`` setting, so a typo fails when the config is built
+    rather than after a stage has started."""
+    kind, sep, rest = spec.partition(":")
+    if kind == "openai":
+        openai_endpoint(spec, role)
+    elif kind == "local":
+        if not rest.strip():
+            raise ValueError(f"{role} {spec!r}: local: needs a model reference, e.g. local:./my-model")
+    elif not bare:
+        raise ValueError(f"{role} {spec!r}: use local:<model ref> or openai:<base_url>|<model>")
+    elif sep and kind != "embedded" and not kind.startswith((".", "/", "~")):
+        raise ValueError(f"{role} {spec!r}: unknown prefix {kind!r}: use local:<model ref>, openai:<base_url>|<model>, "
+                         "embedded:<name> or a model folder or hub id")
+    if not spec.strip():
+        raise ValueError(f"{role}: empty model spec")
+    return spec

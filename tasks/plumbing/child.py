@@ -3,6 +3,8 @@
 The group is killed whole when the task is cancelled, crashes or passes its deadline, so no
 trainer outlives its Prefect run; the child's output is relayed line by line to the run's log.
 Prefect's own ``timeout_seconds`` cannot interrupt a blocking call, hence the deadline here.
+A failure raises ``StageFailed`` quoting the child's own error, and says whether trying again
+could help: only a network fault or a process killed from outside.
 """
 
 from __future__ import annotations
@@ -13,12 +15,23 @@ import signal
 import subprocess
 import sys
 import threading
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-from dpo_core.common.protocol import RESULT_FILE, parse_progress
+from dpo_core.common.protocol import ERROR_FILE, RESULT_FILE, parse_progress
 
 _GRACE_SECONDS = 10
+_TAIL_LINES = 40  # kept to quote the error of a child that died before writing error.json
+
+
+class StageFailed(RuntimeError):
+    """A stage's child process failed. ``retryable``: a network fault or a kill from outside (the
+    same run may not meet it again); bad data, a bad config or a bug fail the same way every time."""
+
+    def __init__(self, message: str, retryable: bool):
+        super().__init__(message)
+        self.retryable = retryable
 
 
 def run_stage_in_child(
@@ -37,27 +50,50 @@ def run_stage_in_child(
     out_dir.mkdir(parents=True, exist_ok=True)
     job_path = out_dir / "job.json"
     job_path.write_text(json.dumps(job, indent=2))
+    for stale in (RESULT_FILE, ERROR_FILE):  # from an earlier attempt in the same folder
+        (out_dir / stale).unlink(missing_ok=True)
+    tail: deque[str] = deque(maxlen=_TAIL_LINES)
     proc = subprocess.Popen(
         _command(stage, job_path, out_dir, processes),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
         start_new_session=True,  # its own process group: killpg reaches every grandchild too
         env=os.environ | secret_env if secret_env else None,
     )
-    relay = threading.Thread(target=_relay, args=(proc, log, on_progress), daemon=True)
+    relay = threading.Thread(target=_relay, args=(proc, log, on_progress, tail), daemon=True)
     relay.start()
     try:
         code = proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         _kill_group(proc)
-        raise TimeoutError(f"stage {stage} passed its {timeout_s}s deadline; its process group was killed") from None
+        raise StageFailed(f"stage {stage} passed its {timeout_s}s deadline; its process group was killed; "
+                          "raise stage_timeout_s or shrink the stage", retryable=False) from None
     except BaseException:  # cancellation, KeyboardInterrupt, crash of the parent task
         _kill_group(proc)
         raise
     finally:
         relay.join(timeout=5)
     if code != 0:
-        raise RuntimeError(f"stage {stage} exited with code {code}; see the log above and {out_dir}")
+        raise _failure(stage, code, out_dir, tail)
     return json.loads((out_dir / RESULT_FILE).read_text())
+
+
+def _failure(stage: str, code: int, out_dir: Path, tail: deque[str]) -> StageFailed:
+    """The child's own error (``error.json``), else the last error line it printed, else its exit."""
+    error_file = out_dir / ERROR_FILE
+    if error_file.exists():
+        error = json.loads(error_file.read_text())
+        return StageFailed(f"stage {stage} failed: {error['type']}: {error['message']}", error["retryable"])
+    if code < 0:  # a signal from outside (the OOM killer, a preempted machine): the next attempt may get through
+        return StageFailed(f"stage {stage} was killed by signal {-code}; see the log above and {out_dir}", True)
+    errors = [line for line in tail if _looks_like_error(line)]
+    quoted = errors[-1] if errors else (tail[-1] if tail else "no output")
+    return StageFailed(f"stage {stage} exited with code {code}: {quoted}", retryable=False)
+
+
+def _looks_like_error(line: str) -> bool:
+    """A Python traceback's last line: ``SomeError: message``."""
+    name = line.split(":", 1)[0]
+    return ":" in line and name.replace(".", "").isidentifier() and name.endswith(("Error", "Exception"))
 
 
 def _command(stage: str, job_path: Path, out_dir: Path, processes: int) -> list[str]:
@@ -70,9 +106,10 @@ def _command(stage: str, job_path: Path, out_dir: Path, processes: int) -> list[
             "--num_machines=1", "--mixed_precision=no", "--dynamo_backend=no", *stage_module]
 
 
-def _relay(proc: subprocess.Popen, log, on_progress) -> None:
+def _relay(proc: subprocess.Popen, log, on_progress, tail: deque[str]) -> None:
     for line in proc.stdout:
         line = line.rstrip()
+        tail.append(line)
         progress = parse_progress(line)
         if progress is not None:
             metrics = " ".join(f"{k}={v:.4g}" for k, v in progress.get("metrics", {}).items())

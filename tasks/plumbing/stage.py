@@ -7,12 +7,23 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from dpo_core.common.code_version import code_version
 from dpo_core.common.digest import digest_json
+from dpo_core.common.protocol import is_transient
+from tasks.plumbing.child import StageFailed
 from tasks.plumbing.code_version import CodeVersion
 from tasks.plumbing.settings import mlflow_ui_url, stage_dir
 
 # A stage's cache key: its config, its inputs' digests and run ids, and the code version; never
 # the parent MLflow run, which is new for every flow run.
 STAGE_CACHE = (INPUTS - "parent_run_id") + TASK_SOURCE
+
+
+def retry_transient(task, task_run, state) -> bool:
+    """Prefect's ``retry_condition_fn`` for every stage: retry a network fault or a child killed from
+    outside; never bad data, a bad config or a bug, which would fail the same way again."""
+    exc = state.data
+    if isinstance(exc, StageFailed):
+        return exc.retryable
+    return isinstance(exc, BaseException) and is_transient(exc)
 
 
 def stage_cache(entry: str):
