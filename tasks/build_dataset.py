@@ -27,27 +27,30 @@ def build_dataset_task(cfg: BuildConfig, source_digest: str, parent_run_id: str)
     with stage_run(STAGE, parent_run_id, asdict(cfg)) as run_id:
         result = build_dataset(cfg, out)
         mlflow.log_metrics({f"rows/{k}": v for k, v in result.counts.items()})
-        for context in ("train", "eval"):
-            path = getattr(result, f"{context}_path")
-            frame = pd.DataFrame(read_jsonl(path))
-            dataset = mlflow.data.from_pandas(frame, source=path, name=f"prompts-{context}", digest=result.digest)
-            mlflow.log_input(dataset, context=context)
+        mlflow.log_params({f"kind/{field}": kind for field, kind in result.kinds.items()})
+        for name, context, path in (("prompts-train", "train", result.train_path), ("prompts-eval", "eval", result.eval_path),
+                                    ("sft-conversations", "train", result.sft_path),
+                                    ("preference-pairs", "train", result.pairs_path)):
+            frame = pd.DataFrame(read_jsonl(path)) if path else pd.DataFrame()
+            if len(frame):
+                mlflow.log_input(mlflow.data.from_pandas(frame, source=path, name=name, digest=result.digest),
+                                 context=context)
         rejected = read_jsonl(result.rejected_path)
         if rejected:
             mlflow.log_table(pd.DataFrame(rejected).astype(str), "rejected_rows.json")
         mlflow.log_artifacts(str(out), "dataset")
         publish(STAGE, run_id, experiment_id(), markdown_table(result.counts)
                 + f"\n\nRejected rows with their reasons: `{result.rejected_path}`")
-    return DatasetRef(train_path=result.train_path, eval_path=result.eval_path, digest=result.digest,
-                      run_id=run_id, counts=result.counts)
+    return DatasetRef(train_path=result.train_path, eval_path=result.eval_path, sft_path=result.sft_path,
+                      pairs_path=result.pairs_path, digest=result.digest, run_id=run_id, counts=result.counts)
 
 
 def source_digest(cfg: BuildConfig) -> str:
     """Digest of the files a build reads, so an edited source file invalidates the cached build."""
-    paths = [INSTRUCTION_SET_PATH] if cfg.source == BUILTIN else [cfg.source]
-    if cfg.eval_source:
-        paths.append(cfg.eval_source)
+    paths = [str(INSTRUCTION_SET_PATH) if cfg.source == BUILTIN else cfg.source]
+    paths += [p for p in (cfg.sft_source, cfg.pairs_source, cfg.eval_source) if p]
     files = []
     for p in map(Path, paths):
         files += sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p] if p.exists() else []
-    return digest_files(files) if files else digest_json(paths)  # a hub id: its name is all we know
+    names = [cfg.source, cfg.sft_source, cfg.pairs_source, cfg.eval_source]  # a hub id's name is all we know of it
+    return digest_json([names, digest_files(files) if files else None])

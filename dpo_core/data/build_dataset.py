@@ -1,43 +1,86 @@
-"""Stage 1, build dataset: load prompts, validate, dedupe, filter, split, decontaminate.
+"""Stage 1, build dataset: read the shipped instruction set or a team's prompts, SFT conversations
+and preference pairs (shapes: ``shapes.py``; how a source's kind is told: ``sources.py``), then
+validate, dedupe, hold out evaluation prompts and decontaminate.
 
-Every input row ends up in exactly one of ``train.jsonl``, ``eval.jsonl`` or ``rejected.jsonl``;
-a rejected row keeps its original content with ``_row`` (its index in the source) and
-``_reason`` (what is wrong and what to do), so nothing a user supplied is silently lost.
+Writes to ``out_dir``:
+  train.jsonl     PromptRecord per line: prompts to sample answers for (empty when a team brought only
+                  conversations and pairs)
+  eval.jsonl      PromptRecord per line: held-out prompts, never empty
+  sft.jsonl       SFTRecord per line, when SFT conversations were given
+  pairs.jsonl     PreferencePair per line (TRL's conversational prompt/chosen/rejected), when pairs were given
+  rejected.jsonl  every row set aside: the row as given, ``_source`` (its file), ``_line`` (1-based; the row
+                  number for Parquet and datasets), ``_category`` (one of REJECTIONS) and ``_reason`` (what to do)
+  stats.json      the config, each source's kind and the counts
+
+Held-out prompts are the shipped set's eval split; else ``eval_source``; else ``eval_fraction`` of
+the distinct training prompts; else, when a team brought no prompts, ``eval_fraction`` of the
+distinct prompts of its conversations and pairs, whose rows then leave training (``held_out_from_*``).
+Each input row ends in one output, is held out, or is rejected; ``max_train``/``max_eval`` then cap
+the prompts kept.
 """
 
 from __future__ import annotations
 
 import json
 import random
-import re
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
 from dpo_core.common.config import config_dataclass
 from dpo_core.common.digest import digest_files
-from dpo_core.common.io import read_rows, write_jsonl
-from dpo_core.common.records import PromptRecord
-from dpo_core.data.instructions import INSTRUCTION_SET_PATH, validate_instruction
+from dpo_core.common.io import write_jsonl
+from dpo_core.data.filters import decontaminate, dedupe, dedupe_ids, hold_out, too_long
+from dpo_core.data.instructions import INSTRUCTION_SET_PATH
+from dpo_core.data.shapes import KINDS, PAIRS, PROMPTS, SFT
+from dpo_core.data.sources import Item, Loaded, load_source
 
 BUILTIN = "builtin"
+REJECTIONS = (  # the _category of a rejected row; counts has rejected_<category> for each
+    "unreadable",  # the reader could not make an object of it: not JSON, not UTF-8, a CSV quoting error, null
+    "invalid",  # an object that fits no shape, or breaks a record's rule (named in _reason)
+    "wrong_kind",  # a row of another kind than its source's
+    "empty_answer",  # a pair's chosen/rejected or a conversation's assistant turn is empty
+    "equal_scores",  # a pair whose score_chosen equals score_rejected
+    "chosen_equals_rejected",  # a pair whose two answers are the same text
+    "duplicate",  # the same content, or the same id, as an earlier row
+    "contaminated",  # a training row whose user turn largely repeats a held-out prompt
+)
 
 
 @config_dataclass
 class BuildConfig:
-    source: str = Field(BUILTIN, description="'builtin' (the shipped instruction set), a JSONL/JSON/CSV/Parquet "
-                                             "file, a saved datasets folder or a hub dataset id")
+    source: str = Field(BUILTIN, description="'builtin' (the shipped instruction set), or prompts, SFT conversations or "
+                                             "preference pairs (the kind detected) in a JSONL/JSON/CSV/Parquet file, a "
+                                             "saved datasets folder or a hub dataset id")
+    source_kind: Literal["auto", "prompts", "sft", "pairs"] = Field(
+        "auto", description="What source holds; 'auto' tells it from its rows (the shapes are in dpo_core/data/shapes.py)")
+    sft_source: str | None = Field(None, description="SFT conversations beside source: messages ending in an assistant "
+                                                     "turn (UltraChat) or ShareGPT conversations")
+    pairs_source: str | None = Field(None, description="Preference pairs beside source: TRL standard or conversational, "
+                                                       "UltraFeedback-binarized or Anthropic-HH rows")
     eval_source: str | None = Field(None, description="Held-out prompts (default: the builtin eval split, or "
-                                                      "eval_fraction of a user source)")
-    eval_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="Share of a user source held out without eval_source")
+                                                      "eval_fraction of the training prompts)")
+    eval_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="Share of distinct prompts held out without eval_source: "
+                                                                  "of source's prompts, or of the conversations' and "
+                                                                  "pairs' prompts when no prompts are given")
     max_train: int | None = Field(None, ge=1, description="Keep at most this many training prompts (shuffled by seed)")
     max_eval: int | None = Field(None, ge=1, description="Keep at most this many held-out prompts")
-    max_prompt_chars: int = Field(4000, ge=1, description="Longer prompts are rejected: training would truncate them")
+    max_prompt_chars: int = Field(4000, ge=1, description="Longer prompts are rejected: sampling would truncate them "
+                                                          "(conversations and pairs are truncated by the trainer)")
     decontaminate_ngram: int = Field(8, ge=3, description="Word n-gram length compared with held-out prompts")
-    decontaminate_overlap: float = Field(0.8, gt=0.0, le=1.0, description="Drop a training prompt when this share "
-                                                                        "of its n-grams occurs in held-out prompts")
+    decontaminate_overlap: float = Field(0.8, gt=0.0, le=1.0, description="Drop a training prompt, conversation or pair "
+                                                                        "when this share of a user turn's n-grams occurs "
+                                                                        "in held-out prompts")
     seed: int = Field(0, ge=0, description="Seeds the shuffle behind max_train, max_eval and the held-out split")
+
+    def __post_init__(self):
+        if self.source == BUILTIN and self.source_kind not in ("auto", PROMPTS):
+            raise ValueError(f"source_kind={self.source_kind!r}: source='builtin' holds prompts; give your file as "
+                             "source, or leave source_kind at 'auto'")
 
 
 @dataclass
@@ -45,175 +88,119 @@ class BuildResult:
     train_path: str
     eval_path: str
     rejected_path: str
-    digest: str  # of train + eval files: downstream cache keys use it
-    counts: dict = field(default_factory=dict)
+    digest: str  # of every file later stages read (train, eval, sft, pairs): their cache keys use it
+    counts: dict = field(default_factory=dict)  # numbers only: the task logs them as metrics
+    sft_path: str | None = None
+    pairs_path: str | None = None
+    kinds: dict = field(default_factory=dict)  # config field -> the kind its source holds
 
 
 def build_dataset(cfg: BuildConfig, out_dir: Path) -> BuildResult:
     out_dir = Path(out_dir)
-    rejected: list[dict] = []
-    train_rows, eval_rows = _load_sources(cfg)
-    train, rejected_train = _validate(train_rows, cfg, "source")
-    held_out, rejected_eval = _validate(eval_rows, cfg, "eval_source")
-    rejected += rejected_train + rejected_eval
+    loaded = _load_sources(cfg)
+    rejected = [r for source in loaded for r in source.rejected]
+    train, held_out = _prompt_sets(cfg, loaded)
+    sft, pairs = _items(loaded, SFT), _items(loaded, PAIRS)
 
-    held_out, dup_eval = _dedupe(held_out)
-    train, dup_train = _dedupe(train)
-    train, contaminated = _decontaminate(train, held_out, cfg.decontaminate_ngram, cfg.decontaminate_overlap)
-    rejected += dup_eval + dup_train + contaminated
+    train, long_train = too_long(train, cfg.max_prompt_chars)
+    held_out, long_eval = too_long(held_out, cfg.max_prompt_chars)
+    held_out, dup_eval = _unique(held_out)
+    train, dup_train = _unique(train)
+    sft, dup_sft = _unique(sft)
+    pairs, dup_pairs = dedupe(pairs)  # pairs share prompt ids by design: only content makes a duplicate
+    rejected += long_train + long_eval + dup_eval + dup_train + dup_sft + dup_pairs
+
+    moved = {SFT: 0, PAIRS: 0}  # conversations and pairs whose prompts were held out
+    if cfg.source != BUILTIN and cfg.eval_source is None:
+        held_out, rest = hold_out(train or sft + pairs, cfg.eval_fraction, cfg.seed)
+        if train:
+            train = rest
+        else:
+            kept_sft, kept_pairs = [i for i in rest if i.kind == SFT], [i for i in rest if i.kind == PAIRS]
+            moved = {SFT: len(sft) - len(kept_sft), PAIRS: len(pairs) - len(kept_pairs)}
+            sft, pairs = kept_sft, kept_pairs
+    against = ([i.record for i in held_out], cfg.decontaminate_ngram, cfg.decontaminate_overlap)
+    train, contaminated_train = decontaminate(train, *against)
+    sft, contaminated_sft = decontaminate(sft, *against)
+    pairs, contaminated_pairs = decontaminate(pairs, *against)
+    rejected += contaminated_train + contaminated_sft + contaminated_pairs
 
     rng = random.Random(cfg.seed)
     rng.shuffle(train)
     train = train[: cfg.max_train] if cfg.max_train else train
     held_out = held_out[: cfg.max_eval] if cfg.max_eval else held_out
     rejected_path = write_jsonl(out_dir / "rejected.jsonl", rejected)  # first: kept even if the build fails
-    if not train:
-        raise ValueError(f"no usable training prompts: all {len(train_rows)} rows were rejected; see {rejected_path}")
+    if not (train or sft or pairs):
+        raise ValueError(f"no usable training prompts, conversations or pairs: of {sum(s.rows_in for s in loaded)} rows, "
+                         f"{len(rejected)} were rejected and the rest held out; see {rejected_path}")
     if not held_out:
         raise ValueError(f"no usable held-out prompts for evaluation; see {rejected_path}")
 
     paths = {
-        "train": write_jsonl(out_dir / "train.jsonl", (r.to_dict() for r in train)),
-        "eval": write_jsonl(out_dir / "eval.jsonl", (r.to_dict() for r in held_out)),
-        "rejected": rejected_path,
+        "train": write_jsonl(out_dir / "train.jsonl", (i.record.to_dict() for i in train)),
+        "eval": write_jsonl(out_dir / "eval.jsonl", (i.record.to_dict() for i in held_out)),
     }
+    for name, items in (("sft", sft), ("pairs", pairs)):
+        if items:
+            paths[name] = write_jsonl(out_dir / f"{name}.jsonl", (i.record.to_dict() for i in items))
+    by_category = Counter(r["_category"] for r in rejected)
     counts = {
-        "rows_in": len(train_rows) + len(eval_rows),
+        "rows_in": sum(s.rows_in for s in loaded),
+        **{f"detected_{kind}": sum(s.detected[kind] for s in loaded) for kind in KINDS},
         "train": len(train),
         "eval": len(held_out),
+        "sft": len(sft),
+        "pairs": len(pairs),
+        "held_out_from_sft": moved[SFT],
+        "held_out_from_pairs": moved[PAIRS],
         "rejected": len(rejected),
-        "rejected_invalid": len(rejected_train) + len(rejected_eval),
-        "rejected_duplicate": len(dup_train) + len(dup_eval),
-        "rejected_contaminated": len(contaminated),
+        **{f"rejected_{category}": by_category[category] for category in REJECTIONS},
+        "blank_lines": sum(s.blank_lines for s in loaded),
+        "control_chars_stripped": sum(s.control_chars_stripped for s in loaded),
     }
-    (out_dir / "stats.json").write_text(json.dumps({"config": asdict(cfg), "counts": counts}, indent=2))
+    kinds = {s.field: s.kind for s in loaded}
+    sources = {s.field: {"source": s.source, "kind": s.kind, "detected": dict(s.detected)} for s in loaded}
+    (out_dir / "stats.json").write_text(json.dumps({"config": asdict(cfg), "sources": sources, "counts": counts}, indent=2))
     return BuildResult(
         train_path=str(paths["train"]),
         eval_path=str(paths["eval"]),
-        rejected_path=str(paths["rejected"]),
-        digest=digest_files([paths["train"], paths["eval"]]),
+        rejected_path=str(rejected_path),
+        digest=digest_files(paths.values()),
         counts=counts,
+        sft_path=str(paths["sft"]) if "sft" in paths else None,
+        pairs_path=str(paths["pairs"]) if "pairs" in paths else None,
+        kinds=kinds,
     )
 
 
-def _load_sources(cfg: BuildConfig) -> tuple[list[dict], list[dict]]:
-    """Rows for training and held-out evaluation, before validation."""
+def _load_sources(cfg: BuildConfig) -> list[Loaded]:
+    """Every configured source, read and converted; ``source`` first, as the order of the outputs follows."""
+    plan = [
+        ("source", str(INSTRUCTION_SET_PATH), PROMPTS) if cfg.source == BUILTIN else
+        ("source", cfg.source, None if cfg.source_kind == "auto" else cfg.source_kind),
+        ("eval_source", cfg.eval_source, PROMPTS),
+        ("sft_source", cfg.sft_source, SFT),
+        ("pairs_source", cfg.pairs_source, PAIRS),
+    ]
+    return [load_source(path, name, kind) for name, path, kind in plan if path is not None]
+
+
+def _prompt_sets(cfg: BuildConfig, loaded: list[Loaded]) -> tuple[list[Item], list[Item]]:
+    """(training prompts, held-out prompts) as given, before any filter."""
+    train = [i for s in loaded if s.field == "source" and s.kind == PROMPTS for i in s.items]
+    held_out = [i for s in loaded if s.field == "eval_source" for i in s.items]
     if cfg.source == BUILTIN:
-        rows = read_rows(str(INSTRUCTION_SET_PATH))
-        train = [r for r in rows if r["split"] == "train"]
-        held_out = [r for r in rows if r["split"] == "eval"]
-    else:
-        train = read_rows(cfg.source)
-        held_out = []
-        if cfg.eval_source is None:
-            rng = random.Random(cfg.seed)
-            order = list(range(len(train)))
-            rng.shuffle(order)
-            n_eval = max(1, round(len(train) * cfg.eval_fraction))
-            eval_idx = set(order[:n_eval])
-            held_out = [r | {"_row": i} for i, r in enumerate(train) if i in eval_idx]
-            train = [r | {"_row": i} for i, r in enumerate(train) if i not in eval_idx]
-    if cfg.eval_source is not None:
-        held_out = read_rows(cfg.eval_source)
+        held_out += [i for i in train if i.row["split"] == "eval"]
+        train = [i for i in train if i.row["split"] == "train"]
     return train, held_out
 
 
-def _validate(rows: list[dict], cfg: BuildConfig, source_name: str) -> tuple[list[PromptRecord], list[dict]]:
-    """Convert rows to PromptRecords; rows that fail come back with their reason."""
-    kept, rejected = [], []
-    for i, row in enumerate(rows):
-        index = row.get("_row", i)
-        try:
-            record = _to_record(row, index)
-            if len(record.text) > cfg.max_prompt_chars:
-                raise ValueError(
-                    f"prompt has {len(record.text)} characters, over max_prompt_chars={cfg.max_prompt_chars}; "
-                    "shorten it or raise the limit"
-                )
-        except (ValueError, TypeError) as e:
-            rejected.append({k: v for k, v in row.items() if k != "_row"} | {
-                "_source": source_name, "_row": index, "_reason": str(e)})
-            continue
-        kept.append(record)
-    return kept, rejected
+def _items(loaded: list[Loaded], kind: str) -> list[Item]:
+    return [i for s in loaded if s.kind == kind and s.field != "eval_source" for i in s.items]
 
 
-def _to_record(row: dict, index: int) -> PromptRecord:
-    """Accept ``messages``, a ``prompt`` string, or a conversational ``prompt`` list."""
-    if not isinstance(row, dict):
-        raise ValueError(f"row {index}: expected an object, got {type(row).__name__}")
-    where = f"row {index}"
-    messages = row.get("messages")
-    if messages is None:
-        prompt = row.get("prompt")
-        if isinstance(prompt, str):
-            if not prompt.strip():
-                raise ValueError(f"{where}: field 'prompt' is empty; give the prompt text")
-            messages = [{"role": "user", "content": prompt}]
-        elif isinstance(prompt, list):
-            messages = prompt
-        else:
-            raise ValueError(f"{where}: needs a 'prompt' (string or list of messages) or a 'messages' field")
-    instructions = row.get("instructions") or []
-    if isinstance(instructions, str):  # CSV cells hold JSON text
-        try:
-            instructions = json.loads(instructions)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{where}: field 'instructions' is not valid JSON ({e.msg})") from e
-    if not isinstance(instructions, list):
-        raise ValueError(f"{where}: field 'instructions' must be a list of {{kind, args}} objects")
-    for j, instr in enumerate(instructions):
-        try:
-            validate_instruction(instr)
-        except ValueError as e:
-            raise ValueError(f"{where}: instructions[{j}]: {e}") from e
-    try:
-        return PromptRecord(id=str(row.get("id") or f"row-{index}"), messages=messages, instructions=instructions)
-    except ValueError as e:
-        raise ValueError(f"{where}: {e}") from e
-
-
-def _normalize(text: str) -> str:
-    return " ".join(re.findall(r"\w+", text.lower()))
-
-
-def _dedupe(records: list[PromptRecord]) -> tuple[list[PromptRecord], list[dict]]:
-    seen: dict[str, str] = {}
-    kept, dropped = [], []
-    for r in records:
-        key = _normalize(r.text)
-        if key in seen:
-            dropped.append(r.to_dict() | {"_reason": f"duplicate of prompt {seen[key]}; remove one copy"})
-            continue
-        seen[key] = r.id
-        kept.append(r)
-    return kept, dropped
-
-
-def _ngrams(text: str, n: int) -> set[tuple[str, ...]]:
-    words = _normalize(text).split()
-    if len(words) < n:
-        return {tuple(words)}
-    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
-
-
-def _decontaminate(train: list[PromptRecord], held_out: list[PromptRecord], n: int, overlap: float):
-    """Drop training prompts whose word n-grams largely occur in held-out prompts.
-
-    A share rather than any single hit, because instruction sentences ("answer in lowercase")
-    legitimately repeat across splits while the task itself must not."""
-    owner: dict[tuple[str, ...], str] = {}
-    for r in held_out:
-        for g in _ngrams(r.text, n):
-            owner.setdefault(g, r.id)
-    kept, dropped = [], []
-    for r in train:
-        grams = _ngrams(r.text, n)
-        hits = [owner[g] for g in grams if g in owner]
-        if len(hits) < overlap * len(grams):
-            kept.append(r)
-            continue
-        share = len(hits) / len(grams)
-        dropped.append(r.to_dict() | {
-            "_reason": f"contaminated: {share:.0%} of its {n}-word sequences occur in held-out prompt {hits[0]}"})
-    return kept, dropped
+def _unique(items: list[Item]) -> tuple[list[Item], list[dict]]:
+    """Prompts and conversations: one per content, then one per id (later stages key them by id)."""
+    items, same_content = dedupe(items)
+    items, same_id = dedupe_ids(items)
+    return items, same_content + same_id

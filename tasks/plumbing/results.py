@@ -6,11 +6,13 @@ from pydantic import BaseModel
 
 
 class DatasetRef(BaseModel):
-    train_path: str
-    eval_path: str
+    train_path: str  # prompts to sample answers for (may be empty when a team brings only chats or pairs)
+    eval_path: str  # held-out prompts
     digest: str
     run_id: str
     counts: dict[str, int]
+    sft_path: str | None = None  # the team's conversations (SFTRecord per line)
+    pairs_path: str | None = None  # the team's preference pairs (PreferencePair per line)
 
 
 class FeedbackRef(BaseModel):
