@@ -53,7 +53,7 @@ def run_ours(args, pairs: Path, out: Path) -> dict:
     cfg = DPOConfig(lora=args.lora, learning_rate=args.lr, batch_size=args.batch_size, max_steps=args.steps,
                     warmup_ratio=0.0, scheduler="linear", optimizer_in_backward=args.optimizer_in_backward,
                     max_grad_norm=0.0 if args.optimizer_in_backward else 1.0)
-    result = train_dpo(cfg, args.model, pairs, out)
+    result = train_dpo(cfg, args.model, [pairs], out)
     seconds = result.metrics["reference_runtime"] + result.metrics["train_runtime"]
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return {"seconds": seconds, "tokens": sum(s["num_tokens"] for s in steps), "losses": [s["loss"] for s in steps]}

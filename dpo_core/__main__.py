@@ -18,12 +18,16 @@ from pathlib import Path
 
 from dpo_core.common.protocol import ERROR_FILE, RESULT_FILE, error_record, report_progress
 
-STAGES = ("feedback", "sft", "dpo", "evaluate")
+STAGES = ("prepare-model", "feedback", "sft", "dpo", "evaluate")
 
 
 def run_stage(stage: str, job: dict, out_dir: Path):
     """Import only the stage asked for: each loads its own model stack."""
     cfg, inputs = job["config"], job["inputs"]
+    if stage == "prepare-model":
+        from dpo_core.common.templates import PreparedModel, apply_chat_template_setting
+
+        return PreparedModel(apply_chat_template_setting(inputs["model"], cfg["chat_template"]))
     if stage == "feedback":
         from dpo_core.feedback.config import FeedbackConfig
         from dpo_core.feedback.stage import collect_feedback
@@ -33,13 +37,14 @@ def run_stage(stage: str, job: dict, out_dir: Path):
         from dpo_core.train.config import SFTConfig
         from dpo_core.train.sft import train_sft
 
-        return train_sft(SFTConfig(**cfg), inputs["model"], inputs["prompts_path"], inputs["candidates_path"], out_dir,
-                         report_progress)
+        return train_sft(SFTConfig(**cfg), inputs["model"], out_dir, conversations_path=inputs.get("conversations_path"),
+                         pairs_paths=inputs.get("pairs_paths", []), prompts_path=inputs.get("prompts_path"),
+                         candidates_path=inputs.get("candidates_path"), on_step=report_progress)
     if stage == "dpo":
         from dpo_core.train.config import DPOConfig
         from dpo_core.train.dpo.trainer import train_dpo
 
-        return train_dpo(DPOConfig(**cfg), inputs["model"], inputs["pairs_path"], out_dir, report_progress)
+        return train_dpo(DPOConfig(**cfg), inputs["model"], inputs["pairs_paths"], out_dir, report_progress)
     if stage == "evaluate":
         from dpo_core.evaluate.config import EvalConfig
         from dpo_core.evaluate.stage import evaluate

@@ -7,7 +7,7 @@ from dataclasses import asdict
 from prefect import task
 
 from dpo_core.train.config import DPOConfig
-from tasks.plumbing.results import FeedbackRef, ModelRef
+from tasks.plumbing.results import DatasetRef, FeedbackRef, ModelRef
 from tasks.plumbing.stage import output_dir, retry_transient, stage_cache
 from tasks.plumbing.training import train_in_child
 
@@ -17,10 +17,15 @@ STAGE, ENTRY = "dpo", "dpo_core.train.dpo.trainer"  # ENTRY's import closure is 
 @task(name=STAGE, cache_policy=stage_cache(ENTRY), persist_result=True, retries=1, retry_delay_seconds=10,
       retry_condition_fn=retry_transient)
 def dpo_task(
-    cfg: DPOConfig, policy: ModelRef, feedback: FeedbackRef, parent_run_id: str,
-    timeout_s: float | None = None,
+    cfg: DPOConfig, policy: ModelRef, feedback: FeedbackRef | None, parent_run_id: str,
+    timeout_s: float | None = None, data: DatasetRef | None = None,
 ) -> ModelRef:
-    out = output_dir(STAGE, ENTRY, asdict(cfg), policy.digest, feedback.digest)
-    inputs = {"model": policy.model_path, "pairs_path": feedback.pairs_path}
+    """Train ``policy`` (also the reference) on the collected pairs and the team's own (``data``)."""
+    pairs = [p for p in (feedback and feedback.pairs_path, data and data.pairs_path) if p]
+    if not pairs:
+        raise ValueError("DPO needs preference pairs: give prompts to collect feedback on (data.source) or the "
+                         "team's pairs (data.pairs_source)")
+    out = output_dir(STAGE, ENTRY, asdict(cfg), policy.digest, feedback and feedback.digest, data and data.digest)
+    inputs = {"model": policy.model_path, "pairs_paths": pairs}
     params = asdict(cfg) | {"reference_model_uri": policy.model_uri}
     return train_in_child(STAGE, cfg, inputs, out, parent_run_id, params, timeout_s)

@@ -1,4 +1,4 @@
-"""Shared fixtures: an isolated DPO_HOME, a tiny random model, and one real temporary Prefect server.
+"""Shared fixtures: an isolated DPO_HOME, tiny random models (chat and base), and one real temporary Prefect server.
 
 Environment variables are set at import time, before Prefect or the tasks package load settings.
 """
@@ -28,6 +28,14 @@ def tiny_model() -> str:
     from tiny import make_tiny_model
 
     return str(make_tiny_model(_SESSION_HOME / "tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_base_model() -> str:
+    """A tiny base model whose tokenizer has no chat template (and no ChatML tokens)."""
+    from tiny import make_tiny_base_model
+
+    return str(make_tiny_base_model(_SESSION_HOME / "tiny-base-model"))
 
 
 @pytest.fixture(scope="session")

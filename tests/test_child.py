@@ -33,7 +33,7 @@ def _stage_processes(out_dir):
 
 def test_child_returns_result_and_relays_logs(tiny_model, tmp_path):
     lines, progress = [], []
-    job = {"config": {"epochs": 1, "batch_size": 8}, "inputs": {"model": tiny_model, "pairs_path": _pairs(tmp_path, 16)}}
+    job = {"config": {"epochs": 1, "batch_size": 8}, "inputs": {"model": tiny_model, "pairs_paths": [_pairs(tmp_path, 16)]}}
     result = run_stage_in_child("dpo", job, tmp_path / "out", lines.append, on_progress=progress.append)
     assert result["metrics"]["train_pairs"] == 16
     assert [p["done"] for p in progress] == [1, 2] and progress[-1]["total"] == 2
@@ -41,7 +41,7 @@ def test_child_returns_result_and_relays_logs(tiny_model, tmp_path):
 
 
 def test_deadline_kills_the_process_group(tiny_model, tmp_path):
-    job = {"config": {"epochs": 50, "batch_size": 2}, "inputs": {"model": tiny_model, "pairs_path": _pairs(tmp_path)}}
+    job = {"config": {"epochs": 50, "batch_size": 2}, "inputs": {"model": tiny_model, "pairs_paths": [_pairs(tmp_path)]}}
     with pytest.raises(StageFailed, match="process group was killed") as failed:
         run_stage_in_child("dpo", job, tmp_path / "out", lambda _: None, timeout_s=3)
     assert not failed.value.retryable
@@ -50,23 +50,23 @@ def test_deadline_kills_the_process_group(tiny_model, tmp_path):
 
 def test_bad_data_fails_once_quoting_the_childs_error(tiny_model, tmp_path):
     empty = write_jsonl(tmp_path / "empty.jsonl", [])
-    job = {"config": {}, "inputs": {"model": tiny_model, "pairs_path": str(empty)}}
+    job = {"config": {}, "inputs": {"model": tiny_model, "pairs_paths": [str(empty)]}}
     lines = []
-    with pytest.raises(StageFailed, match=r"stage dpo failed: ValueError: .*holds no preference pairs") as failed:
+    with pytest.raises(StageFailed, match=r"stage dpo failed: ValueError: no preference pairs .*empty.jsonl: 0") as failed:
         run_stage_in_child("dpo", job, tmp_path / "out", lines.append)
     assert not failed.value.retryable  # the same file would fail the same way
     assert any("Traceback" in line for line in lines)  # the whole traceback still reaches the run's log
 
 
 def test_a_bad_config_is_quoted_too(tiny_model, tmp_path):
-    job = {"config": {"num_procesess": 2}, "inputs": {"model": tiny_model, "pairs_path": _pairs(tmp_path, 4)}}
+    job = {"config": {"num_procesess": 2}, "inputs": {"model": tiny_model, "pairs_paths": [_pairs(tmp_path, 4)]}}
     with pytest.raises(StageFailed, match="num_procesess") as failed:
         run_stage_in_child("dpo", job, tmp_path / "out", lambda _: None)
     assert not failed.value.retryable
 
 
 def test_a_child_killed_from_outside_may_be_retried(tiny_model, tmp_path):
-    job = {"config": {"epochs": 50, "batch_size": 2}, "inputs": {"model": tiny_model, "pairs_path": _pairs(tmp_path)}}
+    job = {"config": {"epochs": 50, "batch_size": 2}, "inputs": {"model": tiny_model, "pairs_paths": [_pairs(tmp_path)]}}
     out = tmp_path / "out"
 
     def kill_when_started():

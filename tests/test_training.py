@@ -47,7 +47,7 @@ def _metrics(out: Path) -> list[dict]:
 def test_dpo_starts_at_ln2_and_learns(tiny_model, pairs_path, tmp_path, lora, monkeypatch):
     monkeypatch.setenv("DPO_CACHE_DIR", str(tmp_path / "cache"))
     cfg = DPOConfig(lora=lora, learning_rate=5e-3, epochs=4, batch_size=4, warmup_ratio=0.0)
-    result = train_dpo(cfg, tiny_model, pairs_path, tmp_path)
+    result = train_dpo(cfg, tiny_model, [pairs_path], tmp_path)
     steps = _metrics(tmp_path)
     # First step: policy == reference, so every pair's loss is -log sigmoid(0) = ln 2.
     assert steps[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
@@ -93,25 +93,33 @@ def test_grad_accumulation_equals_a_larger_batch(tiny_model, uneven_pairs_path, 
     monkeypatch.setenv("DPO_CACHE_DIR", str(tmp_path / "cache"))
     common = dict(lora=False, learning_rate=1e-3, max_steps=2, warmup_ratio=0.0, loss_type=loss_type)
     big = _grads_at_each_step(lambda: train_dpo(DPOConfig(batch_size=4, grad_accum=1, **common), tiny_model,
-                                                uneven_pairs_path, tmp_path / "big"))
+                                                [uneven_pairs_path], tmp_path / "big"))
     acc = _grads_at_each_step(lambda: train_dpo(DPOConfig(batch_size=1, grad_accum=4, **common), tiny_model,
-                                                uneven_pairs_path, tmp_path / "acc"))
+                                                [uneven_pairs_path], tmp_path / "acc"))
     _assert_same_steps(big, acc, tmp_path / "big", tmp_path / "acc")
 
 
 def test_sft_grad_accumulation_equals_a_larger_batch(tiny_model, tmp_path):
-    """SFT's loss is a mean over the step's answer tokens: answers of 1 to 8 words accumulated one
-    at a time must weigh every token as one batch of four does, not each answer's mean alike."""
+    """SFT's loss is a mean over the step's loss tokens: single answers of 1 to 4 words and
+    conversations of 1 to 3 assistant turns (user turns of uneven length between them, which are
+    no loss tokens) accumulated one at a time must weigh every assistant token as one batch of
+    four does, not each example's mean alike."""
     prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"id": f"q{i}", "messages": CHAT, "instructions": []}
-                                                      for i in range(8)])
+                                                      for i in range(4)])
     cands = write_jsonl(tmp_path / "cands.jsonl", [
         {"prompt_id": f"q{i}", "index": 0, "model": "m", "text": "calm " * (1 + i), "n_tokens": 1 + i,
-         "score": 1.0, "passed": []} for i in range(8)])
-    common = dict(lora=False, learning_rate=1e-3, max_steps=2, warmup_ratio=0.0)
-    big = _grads_at_each_step(lambda: train_sft(SFTConfig(batch_size=4, grad_accum=1, **common), tiny_model, prompts,
-                                                cands, tmp_path / "big"))
-    acc = _grads_at_each_step(lambda: train_sft(SFTConfig(batch_size=1, grad_accum=4, **common), tiny_model, prompts,
-                                                cands, tmp_path / "acc"))
+         "score": 1.0, "passed": []} for i in range(4)])
+    chats = write_jsonl(tmp_path / "chats.jsonl", [
+        {"id": f"c{i}", "messages": [turn for t in range(1 + i % 3) for turn in (
+            {"role": "user", "content": "tell me more " * (1 + (i + t) % 4)},
+            {"role": "assistant", "content": "quiet " * (1 + (3 * i + t) % 5)})]} for i in range(4)])
+    common = dict(lora=False, learning_rate=1e-3, max_steps=2, warmup_ratio=0.0, sources=["conversations", "best"],
+                  min_score=1.0)
+    data = dict(conversations_path=chats, prompts_path=prompts, candidates_path=cands)
+    big = _grads_at_each_step(lambda: train_sft(SFTConfig(batch_size=4, grad_accum=1, **common), tiny_model,
+                                                tmp_path / "big", **data))
+    acc = _grads_at_each_step(lambda: train_sft(SFTConfig(batch_size=1, grad_accum=4, **common), tiny_model,
+                                                tmp_path / "acc", **data))
     _assert_same_steps(big, acc, tmp_path / "big", tmp_path / "acc")
 
 
@@ -119,8 +127,8 @@ def test_sft_grad_accumulation_equals_a_larger_batch(tiny_model, tmp_path):
 def test_optimizer_in_backward_equals_a_step_after_backward(tiny_model, pairs_path, tmp_path, monkeypatch, lora):
     monkeypatch.setenv("DPO_CACHE_DIR", str(tmp_path / "cache"))
     common = dict(lora=lora, learning_rate=1e-3, max_steps=3, batch_size=2, warmup_ratio=0.0, max_grad_norm=0.0)
-    after = train_dpo(DPOConfig(**common), tiny_model, pairs_path, tmp_path / "after")
-    inside = train_dpo(DPOConfig(optimizer_in_backward=True, **common), tiny_model, pairs_path, tmp_path / "inside")
+    after = train_dpo(DPOConfig(**common), tiny_model, [pairs_path], tmp_path / "after")
+    inside = train_dpo(DPOConfig(optimizer_in_backward=True, **common), tiny_model, [pairs_path], tmp_path / "inside")
     for name, weight in load_file(Path(after.model_path) / "model.safetensors").items():
         assert_close(load_file(Path(inside.model_path) / "model.safetensors")[name], weight, rtol=1e-5, atol=1e-6)
     for a, b in zip(_metrics(tmp_path / "after"), _metrics(tmp_path / "inside"), strict=True):
@@ -144,16 +152,16 @@ def test_resume_after_a_crash_gives_the_same_weights(tiny_model, pairs_path, tmp
     monkeypatch.setenv("DPO_CACHE_DIR", str(tmp_path / "cache"))
     cfg = DPOConfig(lora=lora, learning_rate=5e-3, epochs=3, batch_size=2, save_steps=2, warmup_ratio=0.25,
                     optimizer_in_backward=in_backward, max_grad_norm=0.0 if in_backward else 1.0)
-    straight = train_dpo(cfg, tiny_model, pairs_path, tmp_path / "straight")
+    straight = train_dpo(cfg, tiny_model, [pairs_path], tmp_path / "straight")
 
     def crash_at_5(step, total, metrics):
         if step == 5:
             raise Crash
 
     with pytest.raises(Crash):
-        train_dpo(cfg, tiny_model, pairs_path, tmp_path / "resumed", on_step=crash_at_5)
+        train_dpo(cfg, tiny_model, [pairs_path], tmp_path / "resumed", on_step=crash_at_5)
     assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
-    resumed = train_dpo(cfg, tiny_model, pairs_path, tmp_path / "resumed")
+    resumed = train_dpo(cfg, tiny_model, [pairs_path], tmp_path / "resumed")
     a, b = load_file(Path(straight.model_path) / "model.safetensors"), load_file(Path(resumed.model_path) / "model.safetensors")
     for name in a:
         assert_close(b[name], a[name], rtol=0, atol=1e-6, msg=name)
@@ -163,8 +171,8 @@ def test_resume_after_a_crash_gives_the_same_weights(tiny_model, pairs_path, tmp
 
 def test_reference_logps_are_reused_across_runs(tiny_model, pairs_path, tmp_path, monkeypatch):
     monkeypatch.setenv("DPO_CACHE_DIR", str(tmp_path / "cache"))
-    first = train_dpo(DPOConfig(max_steps=1, beta=0.1), tiny_model, pairs_path, tmp_path / "a")
-    second = train_dpo(DPOConfig(max_steps=1, beta=0.3, loss_type=["ipo"]), tiny_model, pairs_path, tmp_path / "b")
+    first = train_dpo(DPOConfig(max_steps=1, beta=0.1), tiny_model, [pairs_path], tmp_path / "a")
+    second = train_dpo(DPOConfig(max_steps=1, beta=0.3, loss_type=["ipo"]), tiny_model, [pairs_path], tmp_path / "b")
     assert first.metrics["reference_reused"] == 0.0 and second.metrics["reference_reused"] == 1.0
     assert len(list((tmp_path / "cache" / "reference-logps").iterdir())) == 1
 
@@ -177,7 +185,7 @@ def test_every_step_reference_matches_precomputed(tiny_model, uneven_pairs_path,
     monkeypatch.setenv("DPO_CACHE_DIR", str(tmp_path / "cache"))
     common = dict(lora=lora, learning_rate=5e-3, max_steps=3, batch_size=2, warmup_ratio=0.0, eval_fraction=0.25,
                   eval_steps=1)
-    runs = {mode: train_dpo(DPOConfig(precompute_reference=mode == "pre", **common), tiny_model, uneven_pairs_path,
+    runs = {mode: train_dpo(DPOConfig(precompute_reference=mode == "pre", **common), tiny_model, [uneven_pairs_path],
                             tmp_path / mode) for mode in ("pre", "every")}
     pre, every = _metrics(tmp_path / "pre"), _metrics(tmp_path / "every")
     assert pre[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
@@ -204,7 +212,7 @@ def test_bf16_precomputed_reference_matches_the_per_step_one(tiny_model, uneven_
     monkeypatch.setenv("DPO_CACHE_DIR", str(tmp_path / "cache"))
     common = dict(lora=True, precision="bf16", beta=1.0, max_steps=1, batch_size=8)
     for mode in ("pre", "every"):
-        train_dpo(DPOConfig(precompute_reference=mode == "pre", **common), tiny_model, uneven_pairs_path,
+        train_dpo(DPOConfig(precompute_reference=mode == "pre", **common), tiny_model, [uneven_pairs_path],
                   tmp_path / mode)
     (pre,), (every,) = _metrics(tmp_path / "pre"), _metrics(tmp_path / "every")
     for step in (pre, every):
@@ -222,10 +230,30 @@ def test_sft_trains_on_best_candidates_only(tiny_model, tmp_path):
         {"prompt_id": "a", "index": 1, "model": "m", "text": "BAD", "n_tokens": 2, "score": 0.0, "passed": [False]},
         {"prompt_id": "b", "index": 0, "model": "m", "text": "MEH", "n_tokens": 2, "score": 0.0, "passed": [False]}])
     cfg = SFTConfig(learning_rate=1e-2, epochs=5, batch_size=1, min_score=1.0, warmup_ratio=0.0)
-    result = train_sft(cfg, tiny_model, prompts, cands, tmp_path / "out")
-    assert result.metrics["train_examples"] == 1
+    result = train_sft(cfg, tiny_model, tmp_path / "out", prompts_path=prompts, candidates_path=cands)
+    assert result.metrics["train_examples"] == result.metrics["examples_best"] == 1
+    assert result.metrics["truncated_examples"] == 0
     steps = _metrics(tmp_path / "out")
     assert steps[-1]["loss"] < steps[0]["loss"]
+
+
+def test_dpo_trains_on_every_pair_file_and_counts_truncated_pairs(tiny_model, pairs_path, tmp_path, monkeypatch):
+    """A team's pairs beside the collected ones: 8 + 3 pairs, the 3 with answers too long for
+    max_length, which are cut to fit and counted; a file list with no pairs at all names each file."""
+    monkeypatch.setenv("DPO_CACHE_DIR", str(tmp_path / "cache"))
+    team = write_jsonl(tmp_path / "team_pairs.jsonl", [
+        {"prompt_id": f"t{i}", "prompt": CHAT, "chosen": [{"role": "assistant", "content": "calm " * 80}],
+         "rejected": [{"role": "assistant", "content": "LOUD"}], "score_chosen": 1.0, "score_rejected": 0.0}
+        for i in range(3)])
+    cfg = DPOConfig(max_length=64, max_steps=1, batch_size=11)
+    result = train_dpo(cfg, tiny_model, [pairs_path, team], tmp_path / "out")
+    assert result.metrics["train_pairs"] == 11 and result.metrics["truncated_pairs"] == 3
+    assert _metrics(tmp_path / "out")[0]["num_tokens"] <= 11 * 2 * 64
+    empty = write_jsonl(tmp_path / "empty.jsonl", [])
+    with pytest.raises(ValueError, match=f"{empty}: 0"):
+        train_dpo(cfg, tiny_model, [empty], tmp_path / "none")
+    with pytest.raises(TypeError, match="list of pair files"):
+        train_dpo(cfg, tiny_model, pairs_path, tmp_path / "single")
 
 
 def test_bad_config_fails_at_construction():

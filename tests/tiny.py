@@ -1,4 +1,5 @@
-"""A tiny random-initialised Llama with the embedded default's real tokenizer and chat template."""
+"""Tiny random-initialised Llamas: with the embedded default's real tokenizer and chat template, or
+a base model whose small byte-level tokenizer has no chat template and none of its tokens."""
 
 from __future__ import annotations
 
@@ -28,6 +29,24 @@ def make_tiny_reward_model(dest: Path, seed: int = 0) -> Path:
     config = _config(tokenizer)
     config.num_labels = 1
     LlamaForSequenceClassification(config).save_pretrained(dest, safe_serialization=True)
+    tokenizer.save_pretrained(dest)
+    return Path(dest)
+
+
+def make_tiny_base_model(dest: Path, seed: int = 0) -> Path:
+    """A base model: a 300-token byte-level BPE tokenizer with only <s> and </s> as special tokens
+    and no chat template, and untied input and output embeddings (both must grow with new tokens)."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(["the quick brown fox jumps over the lazy dog"] * 10, vocab_size=300,
+                            special_tokens=["<s>", "</s>"], show_progress=False)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>")
+    torch.manual_seed(seed)
+    config = _config(tokenizer)
+    config.tie_word_embeddings = False
+    LlamaForCausalLM(config).save_pretrained(dest, safe_serialization=True)
     tokenizer.save_pretrained(dest)
     return Path(dest)
 

@@ -74,7 +74,7 @@ def ensure_embedded_default() -> Path:
         del config.quantization_config
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict())
-    _fix_chatml_specials(tokenizer, model)
+    set_turn_tokens(tokenizer, model, _END_OF_TURN, _PAD)
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".convert-"))
@@ -85,12 +85,13 @@ def ensure_embedded_default() -> Path:
     return dest
 
 
-def _fix_chatml_specials(tokenizer: PreTrainedTokenizerBase, model) -> None:
-    """Make EOS the ChatML end-of-turn token and give the tokenizer a pad token distinct from it."""
-    tokenizer.eos_token = _END_OF_TURN
-    tokenizer.pad_token = _PAD
-    eos_id = tokenizer.convert_tokens_to_ids(_END_OF_TURN)
-    pad_id = tokenizer.convert_tokens_to_ids(_PAD)
+def set_turn_tokens(tokenizer: PreTrainedTokenizerBase, model, end_of_turn: str, pad: str) -> None:
+    """Make EOS the chat template's end-of-turn token, so generation stops where a turn ends, and
+    give the tokenizer a pad token distinct from it, in the tokenizer and the model's configs."""
+    tokenizer.eos_token = end_of_turn
+    tokenizer.pad_token = pad
+    eos_id = tokenizer.convert_tokens_to_ids(end_of_turn)
+    pad_id = tokenizer.convert_tokens_to_ids(pad)
     model.config.eos_token_id = eos_id
     model.config.pad_token_id = pad_id
     model.generation_config.eos_token_id = eos_id
@@ -105,13 +106,14 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> PreTrainedToke
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.chat_template is None:
-        raise ValueError(f"tokenizer at {path} has no chat template; use an instruct/chat model")
+        raise ValueError(f"the tokenizer at {path} has no chat template (a base model?): set the chat_template "
+                         "setting to 'chatml', 'zephyr' or a Jinja file to give it one, or use an instruct/chat model")
     return tokenizer
 
 
-def load_model(path: str, dtype: torch.dtype | None = None, trust_remote_code: bool = False):
-    """Load a causal LM (float32 unless ``dtype``) from safetensors only (``use_safetensors=True``
-    refuses pickled weights)."""
+def load_model(path: str, dtype: torch.dtype | str | None = None, trust_remote_code: bool = False):
+    """Load a causal LM (float32 unless ``dtype``; "auto": as saved) from safetensors only
+    (``use_safetensors=True`` refuses pickled weights)."""
     import torch
     from transformers import AutoModelForCausalLM
 

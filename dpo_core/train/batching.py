@@ -1,6 +1,10 @@
 """Batches of prompts with K answers each, and the log-probabilities of the answer tokens.
 
-K = 1 for SFT and 2 for DPO (chosen, rejected). Two things make the forward cheap:
+K = 1 for SFT and 2 for DPO (chosen, rejected). An example may carry a loss mask per answer:
+SFT's multi-turn conversations are one prompt (the context before the first assistant turn) and
+one answer (everything after it), whose later user turns are context the model reads but never
+predicts, so a conversation runs as one sequence and no prefix is repeated per turn. Three things
+make the forward cheap:
 
   * prefix sharing (Wang et al. 2024, "Accelerating Direct Preference Optimization with Prefix
     Sharing"): one row holds ``[prompt, answer_1, ..., answer_K]``; each answer restarts its
@@ -11,7 +15,7 @@ K = 1 for SFT and 2 for DPO (chosen, rejected). Two things make the forward chea
     the projections and MLPs, and spread back into padded rows only inside attention (the
     ``packed_sdpa`` attention backend registered below), so the 10-20% of padding a batch of
     uneven answers carries costs nothing in the matmuls that dominate a step.
-  * only answer positions reach the vocabulary projection, in chunks under activation
+  * only the loss mask's answer positions reach the vocabulary projection, in chunks under activation
     checkpointing, so a (rows, length, vocab) logits tensor is never held whole.
 
 Rows are right-padded; padding attends only to itself, so no row is ever fully masked.
@@ -36,6 +40,7 @@ class Batch:
     segment_ids: torch.Tensor  # (R, L) 0 prompt, k = 1..K answer k, -1 padding
     answer_ids: torch.Tensor  # (N, A) the answers' tokens, N = prompts * K, answer k of prompt b in row b*K + k-1
     answer_mask: torch.Tensor  # (N, A) True on answer tokens
+    loss_mask: torch.Tensor  # (N, A) True on the answer tokens whose log-probs are wanted (the loss's tokens)
     predictor_index: torch.Tensor  # (N, A) flat index into (R * L) of the state that predicts each answer token
     token_slot: torch.Tensor  # (T,) flat index into (R * L) of every real (non-padding) token, in order
     packed_predictor_index: torch.Tensor  # (N, A) predictor_index as an index into the T packed tokens
@@ -47,21 +52,26 @@ class Batch:
         return int((self.segment_ids == 0).sum()) * repeats + int(self.answer_mask.sum())
 
 
-def collate(examples: list[tuple[list[int], list[list[int]]]], pad_id: int, share_prefix: bool = True) -> Batch:
-    """Pack (prompt_ids, [answer_ids, ...]) examples, all with the same number of answers K."""
+Example = tuple  # (prompt_ids, [answer_ids, ...]) or (prompt_ids, [answer_ids, ...], [loss_mask, ...]), lists
+
+
+def collate(examples: list[Example], pad_id: int, share_prefix: bool = True) -> Batch:
+    """Pack examples, all with the same number of answers K. An example's optional third element
+    holds one boolean list per answer marking its tokens in the loss; without it, all are."""
     k = len(examples[0][1])
-    if any(len(answers) != k for _, answers in examples):
+    if any(len(e[1]) != k for e in examples):
         raise ValueError("every example in a batch needs the same number of answers")
-    rows = [(p, answers) for p, answers in examples] if share_prefix else \
-        [(p, [a]) for p, answers in examples for a in answers]
+    rows = [(e[0], e[1]) for e in examples] if share_prefix else [(e[0], [a]) for e in examples for a in e[1]]
     width = max(len(p) + sum(len(a) for a in answers) for p, answers in rows)
-    width_a = max(len(a) for _, answers in examples for a in answers)
+    width_a = max(len(a) for e in examples for a in e[1])
     n = len(examples) * k
+    masks = [m for e in examples for m in (e[2] if len(e) > 2 else [[True] * len(a) for a in e[1]])]  # answer order
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     position_ids = torch.zeros((len(rows), width), dtype=torch.long)
     segment_ids = torch.full((len(rows), width), -1, dtype=torch.long)
     answer_ids = torch.full((n, width_a), pad_id, dtype=torch.long)
     answer_mask = torch.zeros((n, width_a), dtype=torch.bool)
+    loss_mask = torch.zeros((n, width_a), dtype=torch.bool)
     predictor = torch.zeros((n, width_a), dtype=torch.long)
     answer_row = 0
     for r, (p, answers) in enumerate(rows):
@@ -78,12 +88,13 @@ def collate(examples: list[tuple[list[int], list[list[int]]]], pad_id: int, shar
             predictor[answer_row, : len(a)] = r * width + cols
             answer_ids[answer_row, : len(a)] = torch.tensor(a)
             answer_mask[answer_row, : len(a)] = True
+            loss_mask[answer_row, : len(a)] = torch.tensor(masks[answer_row], dtype=torch.bool)
             answer_row += 1
             start += len(a)
     token_slot = (segment_ids.view(-1) >= 0).nonzero().squeeze(1)
     packed_position = torch.zeros(segment_ids.numel(), dtype=torch.long)
     packed_position[token_slot] = torch.arange(len(token_slot))
-    return Batch(input_ids, position_ids, segment_ids, answer_ids, answer_mask, predictor,
+    return Batch(input_ids, position_ids, segment_ids, answer_ids, answer_mask, loss_mask, predictor,
                  token_slot, packed_position[predictor])
 
 
@@ -104,8 +115,9 @@ def attention_mask(segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tenso
 
 
 def answer_token_logps(model, batch: Batch, chunk_tokens: int = LOGITS_CHUNK_TOKENS) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token log-probs of the answers (N, A), zero off the answers, in float32; and the mean
-    logit of every answer position (N, A), detached, for TRL's ``logits/*`` metrics."""
+    """Per-token log-probs of the answers (N, A), zero off the loss mask, in float32; and the mean
+    logit of every such position (N, A), detached, for TRL's ``logits/*`` metrics. Only the loss
+    mask's tokens reach the vocabulary projection."""
     decoder, head = _decoder_and_head(model)
     dtype = next(head.parameters()).dtype
     mask = attention_mask(batch.segment_ids, dtype)
@@ -122,7 +134,7 @@ def answer_token_logps(model, batch: Batch, chunk_tokens: int = LOGITS_CHUNK_TOK
         hidden = decoder(input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids,
                          use_cache=False).last_hidden_state  # (R, L, H)
         predictor = batch.predictor_index
-    on_answer = batch.answer_mask
+    on_answer = batch.loss_mask
     states = hidden.reshape(-1, hidden.shape[-1])[predictor[on_answer]]  # (n, H): answer tokens only
     logps, mean_logits = _chunked_logps(head, states, batch.answer_ids[on_answer], chunk_tokens)
     return (torch.zeros(on_answer.shape, dtype=logps.dtype, device=logps.device).masked_scatter(on_answer, logps),

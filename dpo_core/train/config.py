@@ -61,16 +61,64 @@ class TrainConfig:
                              "max_grad_norm=0, grad_accum=1 and num_processes=1")
 
 
+SFTSource = Literal["conversations", "chosen", "teacher", "best"]
+
+
 @config_dataclass
 class SFTConfig(TrainConfig):
-    min_score: float = Field(1.0, ge=0.0, le=1.0, description="A prompt's best candidate joins the SFT set only if "
-                                                              "it scores at least this (1.0: follows every instruction)")
+    sources: list[SFTSource] | None = Field(
+        None, min_length=1, description=(
+            "What SFT trains on, any mix: conversations (the team's chats, every assistant turn), chosen (the chosen "
+            "answers of the team's preference pairs), teacher (the teacher generator's first answer to each prompt: "
+            "distilled SFT as in Zephyr), best (each prompt's best judged candidate: rejection-sampling fine-tuning, "
+            "the DPO paper's recipe when no SFT data exists). Unset: what the data holds (sft_sources says which)"))
+    teacher: str | None = Field(None, description="teacher source: the generator whose answers SFT imitates, named as "
+                                                  "candidates.jsonl's model field names it (a local model reference, "
+                                                  "or openai:<model>)")
+    min_score: float | None = Field(None, ge=0.0, le=1.0, description=(
+        "best source: a prompt's best candidate joins only if it scores at least this (1.0: follows every "
+        "instruction, for the verifiable judge). Unset: the best of each prompt whose candidates are not all tied, "
+        "which holds on any judge's scale"))
 
     def __post_init__(self):
         super().__post_init__()
         if self.eval_steps:
             raise ValueError(f"eval_steps={self.eval_steps}: SFT holds out no examples to evaluate on; set "
                              "eval_steps=0")
+        if self.sources is None:
+            return
+        if len(set(self.sources)) != len(self.sources):
+            raise ValueError(f"sources={self.sources} names a source twice: list each once")
+        if ("teacher" in self.sources) != (self.teacher is not None):
+            raise ValueError(f"teacher={self.teacher!r} with sources={self.sources}: the teacher source needs teacher "
+                             "(a generator's name in candidates.jsonl), and teacher is read only by it; set both or "
+                             "neither")
+        if self.min_score is not None and "best" not in self.sources:
+            raise ValueError(f"min_score={self.min_score} is read only by the best source, not {self.sources}: add "
+                             "best to sources or leave min_score unset")
+
+
+def sft_sources(cfg: SFTConfig, has_conversations: bool, has_pairs: bool) -> list[str]:
+    """``cfg.sources``, or when unset what the team's data holds: its conversations (with the teacher's
+    answers when a teacher is set), else the teacher's answers, else the chosen answers of its pairs,
+    else the best judged candidates."""
+    if cfg.sources is not None:
+        return list(cfg.sources)
+    if has_conversations:
+        sources = ["conversations", *(["teacher"] if cfg.teacher else [])]
+    elif cfg.teacher:
+        sources = ["teacher"]
+    else:
+        sources = ["chosen"] if has_pairs else ["best"]
+    if cfg.min_score is not None and "best" not in sources:
+        raise ValueError(f"min_score={cfg.min_score} is read only by the best source, and this data gives SFT "
+                         f"{sources}: set sources to include best, or leave min_score unset")
+    return sources
+
+
+def sft_needs_feedback(sources: list[str]) -> bool:
+    """Whether SFT reads the feedback stage's candidates (so feedback runs first, from the base model)."""
+    return bool({"teacher", "best"} & set(sources))
 
 
 @config_dataclass

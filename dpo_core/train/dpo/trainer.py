@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from dpo_core.common.chat import encode
+from dpo_core.common.chat import overflow, tokenize_answers, truncate
 from dpo_core.common.io import read_jsonl, write_jsonl
 from dpo_core.common.models import cache_dir, load_model, load_tokenizer, model_fingerprint, resolve_model
 from dpo_core.common.records import PreferencePair
@@ -41,18 +41,30 @@ class PairBatch:
         return PairBatch(to_device(self.batch, dev), self.ref.to(dev))
 
 
+def read_pairs(pairs_paths: Sequence[Path]) -> list[PreferencePair]:
+    """The pairs of every file, in order (a team's own pairs beside the collected ones, say)."""
+    if isinstance(pairs_paths, str | Path):
+        raise TypeError(f"pairs_paths is a list of pair files, got the single path {pairs_paths!r}: wrap it in a list")
+    per_file = {str(path): [PreferencePair(**r) for r in read_jsonl(path)] for path in pairs_paths}
+    pairs = [pair for file_pairs in per_file.values() for pair in file_pairs]
+    if not pairs:
+        held = ", ".join(f"{path}: 0" for path in per_file) or "no files given"
+        raise ValueError(f"no preference pairs ({held}): collect feedback on more prompts or pass a team's pair file")
+    return pairs
+
+
 def train_dpo(
-    cfg: DPOConfig, model_ref: str, pairs_path: Path, out_dir: Path,
+    cfg: DPOConfig, model_ref: str, pairs_paths: Sequence[Path], out_dir: Path,
     on_step: Callable[[int, int, dict], None] | None = None,
 ) -> TrainResult:
+    """Train ``model_ref`` (policy and reference) on the pairs of every file in ``pairs_paths``."""
     torch.manual_seed(cfg.seed)
-    pairs = [PreferencePair(**r) for r in read_jsonl(pairs_path)]
-    if not pairs:
-        raise ValueError(f"{pairs_path} holds no preference pairs: collect feedback on more prompts")
+    pairs = read_pairs(pairs_paths)
     path = resolve_model(model_ref)
     tokenizer = load_tokenizer(path)
-    examples = [encode(tokenizer, p.prompt, [p.chosen[0]["content"], p.rejected[0]["content"]], cfg.max_length)
-                for p in pairs]
+    tokens = [tokenize_answers(tokenizer, p.prompt, [p.chosen[0]["content"], p.rejected[0]["content"]]) for p in pairs]
+    truncated_pairs = sum(overflow(prompt, answers, cfg.max_length) > 0 for prompt, answers in tokens)
+    examples = [truncate(prompt, answers, cfg.max_length) for prompt, answers in tokens]
     policy = prepare_for_training(load_model(path), cfg)
 
     # Before the first step the policy *is* the reference (a fresh LoRA adapter adds zero), so
@@ -99,8 +111,8 @@ def train_dpo(
         return len(chosen)
 
     metrics = fit(policy, train_set, make_batch, step_loss, chosen_tokens, cfg, out_dir, on_step, eval_set)
-    metrics |= {"train_pairs": len(train_set), "eval_pairs": len(eval_set), "reference_reused": float(reused),
-                "reference_runtime": reference_runtime}
+    metrics |= {"train_pairs": len(train_set), "eval_pairs": len(eval_set), "truncated_pairs": truncated_pairs,
+                "reference_reused": float(reused), "reference_runtime": reference_runtime}
     return save_trained(policy, tokenizer, cfg, out_dir, metrics)
 
 
