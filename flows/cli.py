@@ -60,7 +60,7 @@ def _add_flow_options(parser: argparse.ArgumentParser, flow) -> None:
             _add_config_options(group, name, default)
             continue
         required = default is inspect.Parameter.empty
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, required=required, metavar="VALUE",
+        parser.add_argument(f"--{name}", dest=name, required=required, metavar="VALUE",
                             type=_value, default=argparse.SUPPRESS,
                             help=args_help.get(name, "") + ("" if required else f" (default: {default})"))
 

@@ -1,4 +1,4 @@
-"""Task: evaluate base, SFT and DPO on the held-out prompts; tables and a chart to MLflow."""
+"""Task: evaluate base, SFT and DPO on the held-out prompts; every metric, tables and a chart to MLflow."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from prefect import get_run_logger, task
 from dpo_core.common.io import read_jsonl
 from dpo_core.common.models import model_fingerprint, resolve_model
 from dpo_core.evaluate.config import EvalConfig
-from dpo_core.evaluate.gate import METRICS
 from tasks.plumbing.child import run_stage_in_child
 from tasks.plumbing.results import DatasetRef, EvalReport, ModelRef
 from tasks.plumbing.stage import output_dir, publish, stage_cache
@@ -44,7 +43,7 @@ def evaluate_task(
         mlflow.log_metrics({f"win_rate/{r['model']}_vs_{r['baseline']}": r["win_rate"] for r in table})
         mlflow.log_table(pd.DataFrame(scores).T.reset_index(names="model"), "scores.json")
         mlflow.log_table(pd.DataFrame(table), "head_to_head.json")
-        samples = pd.DataFrame(read_jsonl(result["samples_path"]))
+        samples = pd.json_normalize(read_jsonl(result["samples_path"]))  # per-prompt scores as scores.<metric> columns
         mlflow.log_table(samples.astype({"passed_strict": str, "passed_loose": str}), "samples.json")
         if result["judge_outputs_path"]:
             mlflow.log_table(pd.DataFrame(read_jsonl(result["judge_outputs_path"])).astype(str), "judge_outputs.json")
@@ -54,12 +53,27 @@ def evaluate_task(
     return EvalReport(run_id=run_id, samples_path=result["samples_path"], scores=scores, head_to_head=table)
 
 
+# One panel per metric family, each on its own scale; a family the evaluation did not produce is not drawn
+PANELS = (
+    ("Held-out instruction following", "accuracy", (0, 1), lambda m: m.startswith("verifiable/")),
+    ("Judge rating of held-out answers", "rating", (1, 10), lambda m: m == "judge/rating"),
+    ("Reward of held-out answers", "mean reward", None, lambda m: m == "reward/score"),
+    ("DPO win rates", "win rate (ties half)", (0, 1), lambda m: m.startswith(("pairwise/", "reward/")) and "win_rate_vs_" in m),
+)
+
+
 def _bar_chart(scores: dict):
-    frame = pd.DataFrame(scores).loc[list(METRICS)]  # rows: the verifiable-instruction accuracies, columns: models
-    fig = Figure(figsize=(8, 4))
-    ax = fig.subplots()
-    frame.plot.bar(ax=ax, rot=0, ylim=(0, 1), title="Held-out instruction following")
-    ax.set_ylabel("accuracy")
+    frame = pd.DataFrame(scores)  # rows: metrics, columns: models
+    panels = [(title, label, ylim, frame.loc[rows].dropna(axis=1, how="all"))  # win rates: the DPO model's only
+              for title, label, ylim, pick in PANELS if (rows := [m for m in frame.index if pick(m)])]
+    fig = Figure(figsize=(8, 4 * max(len(panels), 1)))
+    axes = fig.subplots(max(len(panels), 1), squeeze=False)[:, 0]
+    if not panels:  # e.g. a judge that could not rate a single answer, on prompts without instructions
+        axes[0].set_title("No held-out metric to chart")
+        axes[0].axis("off")
+    for ax, (title, label, ylim, rows) in zip(axes[: len(panels)], panels, strict=True):
+        rows.plot.bar(ax=ax, rot=0, ylim=ylim, title=title)
+        ax.set_ylabel(label)
     fig.tight_layout()
     return fig
 
@@ -68,7 +82,8 @@ def _markdown(scores: dict, table: list[dict]) -> str:
     metrics = sorted({k for s in scores.values() for k in s})
     lines = ["| model | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
     lines += [f"| {m} | " + " | ".join(f"{s[k]:.3f}" if k in s else "" for k in metrics) + " |" for m, s in scores.items()]
-    lines += ["", "| model | baseline | wins | ties | losses | win rate |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['baseline']} | {r['wins']} | {r['ties']} | {r['losses']} | {r['win_rate']:.3f} |"
-              for r in table]
+    if table:
+        lines += ["", "| model | baseline | wins | ties | losses | win rate |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['model']} | {r['baseline']} | {r['wins']} | {r['ties']} | {r['losses']} | {r['win_rate']:.3f} |"
+                  for r in table]
     return "\n".join(lines)

@@ -27,14 +27,14 @@ def promote_task(gate: GateConfig, dpo: ModelRef, report: EvalReport, parent_run
         samples.setdefault(row["model"], []).append(EvalSample(**row))
     baseline = "champion" if "champion" in samples else "base"
     with stage_run(STAGE, parent_run_id, asdict(gate) | {"baseline": baseline}) as run_id:
+        decision = decide(samples["dpo"], samples[baseline], gate)  # first: a metric the evaluation lacks registers nothing
         version = register_challenger(gate.registered_model, dpo.model_uri, dpo.run_id)
-        decision = decide(samples["dpo"], samples[baseline], gate)
         if decision.promote:
             promote(gate.registered_model, version, "; ".join(decision.reasons))
-        mlflow.log_metrics({"promoted": float(decision.promote), "bootstrap/mean_diff": decision.bootstrap["mean_diff"],
-                            "bootstrap/ci_low": decision.bootstrap["ci_low"],
-                            "bootstrap/ci_high": decision.bootstrap["ci_high"]})
+        mlflow.log_metrics({"promoted": float(decision.promote)}
+                           | {f"bootstrap/{k}": v for k, v in decision.bootstrap.items()})
         mlflow.set_tags({"registered_model": gate.registered_model, "model_version": version,
+                         "primary_metric": decision.primary_metric,
                          "decision": "promoted" if decision.promote else "refused"})
         mlflow.log_text(json.dumps(asdict(decision), indent=2), "decision.json")
         verdict = "promoted to **champion**" if decision.promote else "**not promoted**"

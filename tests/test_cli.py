@@ -18,7 +18,7 @@ def test_every_command_has_help_listing_its_settings(command):
     assert out.startswith(f"usage: dpo-pipeline {command}")
     assert "Args:" in out  # the flow's own documentation
     if command != "build-dataset":
-        assert "--stage-timeout-s" in out
+        assert "--stage_timeout_s" in out
 
 
 def test_config_fields_are_options_with_their_descriptions():

@@ -98,7 +98,7 @@ def test_full_flow_logs_parent_and_child_runs(first_run):
         assert metrics[f"{label}/perplexity"] > 1.0  # on the pairs DPO held out
         assert metrics[f"{label}/mt_bench_parse_failures"] == 16  # 8 two-turn questions, a tiny judge never rates
     assert 0.0 <= metrics["dpo/preference_accuracy"] <= 1.0
-    assert metrics["dpo/pairwise_parse_failures_vs_sft"] >= 0
+    assert metrics["dpo/pairwise/parse_failures_vs_base"] >= 0
     assert {"samples.json", "scores.png", "scores.json", "judge_outputs.json"} <= {
         a.path for a in client.list_artifacts(evaluation.info.run_id)}
     report, decision = first_run

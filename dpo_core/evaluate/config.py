@@ -1,4 +1,8 @@
-"""The evaluation stage's config: held-out answers, the judge's benchmarks, lm-eval tasks.
+"""The evaluation stage's config: held-out answers, what scores them, the judge's benchmarks, lm-eval tasks.
+
+Held-out prompts with verifiable instructions are scored by the checks; prompts without them need
+``judge`` or ``reward_model`` (a held-out set where nothing could score any prompt is refused
+before a model runs: dpo_core.evaluate.heldout).
 
 Free of torch, so it loads in Prefect's flow process and the UI's forms without a model stack.
 """
@@ -18,11 +22,19 @@ class EvalConfig:
     max_new_tokens: int = Field(160, ge=1, description="Longest greedy answer; 160 fits the shipped prompts' "
                                                        "length limits")
     batch_size: int = Field(16, ge=1, description="Prompts per generate call (greedy decoding)")
-    judge: str | None = Field(None, description="local:<model ref> or openai:<base_url>|<model>: enables MT-Bench "
-                                                "grading and the pairwise win rate")
+    judge: str | None = Field(None, description="local:<model ref> or openai:<base_url>|<model>: grades every "
+                                                "model's held-out answers 1-10 (MT-Bench single grading), compares "
+                                                "the DPO model's with each win_rate_baselines model's, and grades "
+                                                "mt_bench_path")
+    reward_model: str | None = Field(None, description="A local sequence-classification reward model (folder or hub "
+                                                       "id, one logit): the mean reward of every model's held-out "
+                                                       "answers and the DPO model's reward win rates")
     mt_bench_path: str | None = Field(None, description="MT-Bench-format questions (JSONL) graded by the judge")
-    pairwise_baseline: Literal["base", "sft", "champion"] = Field(
-        "sft", description="The model the judge compares the DPO model with")
+    win_rate_baselines: list[Literal["base", "sft", "champion"]] = Field(
+        default_factory=lambda: ["base", "champion"],
+        description="The models the DPO model's held-out answers are compared with, answer by answer, by the judge "
+                    "(pairwise) and the reward model; champion only when the registry has one. The gate compares "
+                    "with the champion, or base before there is one")
     judge_max_new_tokens: int = Field(192, ge=8, description="Longest judge answer: a short explanation and the "
                                                              "rating or verdict")
     judge_max_retries: int = Field(2, ge=0, le=10, description="Re-asks of an unparseable judge answer, with the "

@@ -1,12 +1,15 @@
-"""Stage 5, evaluate: every model answers the held-out prompts; every configured benchmark runs.
+"""Stage 5, evaluate: every model answers the held-out prompts once; every configured benchmark runs.
 
-Always: the four verifiable-instruction accuracies on the held-out prompts (prompt- and
-instruction-level, strict and loose, computed as IFEval defines them but with this project's own
-checkers and prompts, so not IFEval scores) and a head-to-head table. With held-out preference
-pairs: perplexity of each model on the chosen answers, and the DPO model's implicit-reward
-preference accuracy against the SFT reference. With a judge: MT-Bench-style grading of a question
-file, and pairwise win rates (both orders, length-controlled) against a baseline model. With
-lm-evaluation-harness installed: its tasks.
+Held-out prompts with verifiable instructions: the four verifiable-instruction accuracies over
+them (prompt- and instruction-level, strict and loose, computed as IFEval defines them but with
+this project's own checkers and prompts, so not IFEval scores) and a head-to-head table. With a
+judge, every prompt, with or without instructions: MT-Bench-style grading of each answer and the
+DPO model's pairwise win rates (both orders, length-controlled) against its baselines, and the
+grading of an MT-Bench question file. With a reward model: each answer's reward and the DPO
+model's reward win rates. With held-out preference pairs: perplexity of each model on the chosen
+answers, and the DPO model's implicit-reward preference accuracy against the SFT reference. With
+lm-evaluation-harness installed: its tasks. Every per-prompt score is kept on the prompt's
+``EvalSample``, for the gate.
 """
 
 from __future__ import annotations
@@ -19,14 +22,17 @@ from pathlib import Path
 
 from dpo_core.common.io import read_jsonl, write_jsonl
 from dpo_core.common.models import load_model, load_tokenizer, resolve_model
-from dpo_core.common.records import EvalSample, PreferencePair, PromptRecord
+from dpo_core.common.records import EvalSample, PreferencePair
 from dpo_core.data.instructions import check_instructions
-from dpo_core.evaluate.benchmarks import lm_eval, mt_bench, pairwise
+from dpo_core.evaluate.benchmarks import lm_eval, mt_bench
 from dpo_core.evaluate.benchmarks.preference import perplexity, preference_accuracy, summed_logps
 from dpo_core.evaluate.config import EvalConfig
+from dpo_core.evaluate.heldout import load_prompts
+from dpo_core.evaluate.scores import judge_scores, reward_scores
 from dpo_core.inference.backends import LocalChat, make_backend
 from dpo_core.inference.config import SamplingConfig
 from dpo_core.inference.generation import generate
+from dpo_core.judges.reward_model import RewardModelJudge
 
 
 @dataclass
@@ -35,28 +41,23 @@ class EvalResult:
     summary_path: str
     scores: dict  # model label -> {metric: value}
     head_to_head: list[dict]  # one row per (model, baseline) with wins, ties, losses, win_rate
-    judge_outputs_path: str | None = None  # MT-Bench grades and pairwise verdicts with the judge's text
+    judge_outputs_path: str | None = None  # the judge's grades and verdicts with its text
 
 
 def evaluate(cfg: EvalConfig, models: dict[str, str], eval_path: Path, out_dir: Path,
              heldout_pairs_path: Path | None = None, dpo_beta: float = 0.1) -> EvalResult:
     """``models`` maps a label ("base", "sft", "dpo", "champion") to a model reference."""
     out_dir = Path(out_dir)
-    prompts = [p for p in (PromptRecord(**r) for r in read_jsonl(eval_path)) if p.instructions][: cfg.max_prompts]
+    prompts = load_prompts(cfg, Path(eval_path))  # refuses a set nothing can score, before any model loads
     pairs = [PreferencePair(**r) for r in read_jsonl(heldout_pairs_path)] if heldout_pairs_path else []
     questions = mt_bench.load_questions(Path(cfg.mt_bench_path)) if cfg.mt_bench_path else []
     greedy = SamplingConfig(num_samples=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
-    samples, scores, mt_answers, pair_logps = {}, {}, {}, {}
+    answers, scores, mt_answers, pair_logps = {}, {}, {}, {}
     for label, ref in models.items():
         path = resolve_model(ref)
         model, tokenizer = load_model(path), load_tokenizer(path)
-        answers = generate(model, tokenizer, [p.messages for p in prompts], greedy)
-        samples[label] = [
-            EvalSample(label, p.id, p.text, a[0].text, check_instructions(a[0].text, p.instructions),
-                       check_instructions(a[0].text, p.instructions, loose=True))
-            for p, a in zip(prompts, answers, strict=True)
-        ]
-        scores[label] = accuracy(samples[label])
+        answers[label] = [a[0].text for a in generate(model, tokenizer, [p.messages for p in prompts], greedy)]
+        scores[label] = {}
         if pairs:
             pair_logps[label] = summed_logps(model, tokenizer, pairs, 512, cfg.batch_size)
             scores[label]["perplexity"] = perplexity(*pair_logps[label])
@@ -70,9 +71,21 @@ def evaluate(cfg: EvalConfig, models: dict[str, str], eval_path: Path, out_dir: 
     if "dpo" in pair_logps and "sft" in pair_logps:
         scores["dpo"] |= preference_accuracy(pair_logps["dpo"][0], pair_logps["sft"][0], dpo_beta)
 
-    judge_rows = _judge(cfg, samples, questions, mt_answers, scores) if cfg.judge else []
-    labels = list(models)
-    table = [head_to_head(samples[b], samples[a], b, a) for a, b in combinations(labels, 2)]
+    per_prompt = {label: [{} for _ in prompts] for label in models}
+    baselines = [b for b in cfg.win_rate_baselines if b in models] if "dpo" in models else []
+    judge_rows = []
+    if cfg.judge:
+        judge_rows = _judge(cfg, prompts, answers, baselines, questions, mt_answers, scores, per_prompt)
+    if cfg.reward_model:
+        metrics, rewards = reward_scores(RewardModelJudge(cfg.reward_model, cfg.batch_size), prompts, answers, baselines)
+        _merge(scores, per_prompt, metrics, rewards)
+    samples = {label: [EvalSample(label, p.id, p.text, a, check_instructions(a, p.instructions),
+                                  check_instructions(a, p.instructions, loose=True), s)
+                       for p, a, s in zip(prompts, answers[label], per_prompt[label], strict=True)]
+               for label in models}
+    scores = {label: accuracy(samples[label]) | scores[label] for label in models}
+    checked = any(p.instructions for p in prompts)
+    table = [head_to_head(samples[b], samples[a], b, a) for a, b in combinations(models, 2)] if checked else []
     samples_path = write_jsonl(out_dir / "samples.jsonl", (s.to_dict() for ss in samples.values() for s in ss))
     judge_path = write_jsonl(out_dir / "judge_outputs.jsonl", judge_rows) if judge_rows else None
     summary_path = out_dir / "summary.json"
@@ -81,41 +94,50 @@ def evaluate(cfg: EvalConfig, models: dict[str, str], eval_path: Path, out_dir: 
     return EvalResult(str(samples_path), str(summary_path), scores, table, str(judge_path) if judge_path else None)
 
 
-def _judge(cfg: EvalConfig, samples, questions, mt_answers, scores) -> list[dict]:
-    """MT-Bench grades and pairwise verdicts; adds their summaries to ``scores``."""
+def _judge(cfg: EvalConfig, prompts, answers, baselines, questions, mt_answers, scores, per_prompt) -> list[dict]:
+    """The judge's grades of the held-out answers, its pairwise verdicts and its MT-Bench grades, one
+    judge loaded once for all; adds their summaries to ``scores`` and ``per_prompt``."""
     judge = make_backend(cfg.judge)
-    rows = []
-    for label, answers in mt_answers.items():
-        grades = mt_bench.grade(judge, label, questions, answers, cfg.judge_max_retries, cfg.judge_max_new_tokens)
-        scores[label] |= mt_bench.summarize(grades)
+    metrics, ratings, rows = judge_scores(judge, prompts, answers, baselines, cfg.judge_max_retries,
+                                          cfg.judge_max_new_tokens)
+    _merge(scores, per_prompt, metrics, ratings)
+    for label, mt in mt_answers.items():
+        grades = mt_bench.grade(judge, label, questions, mt, cfg.judge_max_retries, cfg.judge_max_new_tokens)
+        scores[label] |= {f"mt_bench_{k}": v for k, v in mt_bench.summarize(grades).items()}
         rows += [asdict(g) | {"kind": "mt_bench", "prompt_version": mt_bench.PROMPT_VERSION} for g in grades]
-    baseline = cfg.pairwise_baseline
-    if "dpo" in samples and baseline in samples and baseline != "dpo":
-        items = [(m.prompt_id, m.prompt, m.response, b.response) for m, b in zip(samples["dpo"], samples[baseline], strict=True)]
-        comparisons = pairwise.compare(judge, items, cfg.judge_max_retries, cfg.judge_max_new_tokens)
-        scores["dpo"] |= {f"{k}_vs_{baseline}": v for k, v in pairwise.summarize(comparisons).items()}
-        rows += [asdict(c) | {"kind": "pairwise", "baseline": baseline, "prompt_version": pairwise.PROMPT_VERSION}
-                 for c in comparisons]
     return rows
+
+
+def _merge(scores: dict, per_prompt: dict, metrics: dict, prompt_scores: dict) -> None:
+    for label, m in metrics.items():
+        scores[label] |= m
+    for label, rows in prompt_scores.items():
+        for into, more in zip(per_prompt[label], rows, strict=True):
+            into |= more
 
 
 def accuracy(samples: list[EvalSample]) -> dict[str, float]:
     """Prompt-level (every instruction followed) and instruction-level accuracies, strict and loose,
-    as IFEval defines them, on this project's own checkers (``verifiable/`` names them so)."""
-    n_prompts = len(samples)
-    n_instr = sum(len(s.passed_strict) for s in samples)
+    as IFEval defines them, on this project's own checkers (``verifiable/`` names them so), over the
+    prompts with instructions; none without any."""
+    checked = [s for s in samples if s.passed_strict]
+    if not checked:
+        return {}
+    n_instr = sum(len(s.passed_strict) for s in checked)
     return {
-        "verifiable/prompt_strict": sum(all(s.passed_strict) for s in samples) / n_prompts,
-        "verifiable/instruction_strict": sum(sum(s.passed_strict) for s in samples) / n_instr,
-        "verifiable/prompt_loose": sum(all(s.passed_loose) for s in samples) / n_prompts,
-        "verifiable/instruction_loose": sum(sum(s.passed_loose) for s in samples) / n_instr,
+        "verifiable/prompt_strict": sum(all(s.passed_strict) for s in checked) / len(checked),
+        "verifiable/instruction_strict": sum(sum(s.passed_strict) for s in checked) / n_instr,
+        "verifiable/prompt_loose": sum(all(s.passed_loose) for s in checked) / len(checked),
+        "verifiable/instruction_loose": sum(sum(s.passed_loose) for s in checked) / n_instr,
     }
 
 
 def head_to_head(model: list[EvalSample], baseline: list[EvalSample], model_label: str, baseline_label: str) -> dict:
-    """Per prompt, the answer following the larger share of instructions wins; equal shares tie."""
+    """Per prompt with instructions, the answer following the larger share of them wins; equal shares tie."""
     wins = ties = losses = 0
     for m, b in zip(model, baseline, strict=True):
+        if not m.passed_strict:
+            continue
         sm, sb = sum(m.passed_strict) / len(m.passed_strict), sum(b.passed_strict) / len(b.passed_strict)
         wins += sm > sb
         losses += sm < sb

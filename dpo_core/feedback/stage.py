@@ -36,6 +36,7 @@ from dpo_core.feedback.binarize import binarize
 from dpo_core.feedback.config import FeedbackConfig
 from dpo_core.feedback.generators import make_generator
 from dpo_core.feedback.item_cache import ItemCache, item_key
+from dpo_core.feedback.prompts import judgeable_prompts
 from dpo_core.inference.backends import make_backend
 from dpo_core.inference.openai_client import Failure
 from dpo_core.judges.verdicts import SetAside, Verdict
@@ -108,22 +109,6 @@ def collect_feedback(
     (out_dir / "stats.json").write_text(json.dumps({"config": asdict(cfg), "stats": stats}, indent=2))
     cache.close()
     return FeedbackResult(str(cand_path), str(pairs_path), digest_files([pairs_path, cand_path]), stats)
-
-
-def judgeable_prompts(prompts: list[PromptRecord], judge: str, source) -> list[PromptRecord]:
-    """The prompts ``judge`` can score. The verifiable judge scores only prompts with instructions:
-    when none has any, stop before generating anything and name the setting that fixes it."""
-    if judge != "verifiable":
-        return prompts
-    judgeable = [p for p in prompts if p.instructions]
-    if not judgeable:
-        raise ValueError(f"{source}: none of its {len(prompts)} prompts has verifiable instructions, so the default "
-                         "judge cannot score their answers: set feedback.judge to rubric:<backend>, pairwise:<backend> "
-                         "or reward:<model ref> (a backend is local:<model ref> or openai:<base_url>|<model>)")
-    if len(judgeable) < len(prompts):
-        print(f"feedback: {len(prompts) - len(judgeable)} of {len(prompts)} prompts have no verifiable instructions and "
-              "are skipped by the verifiable judge (feedback.judge=rubric:... would score them)", flush=True)
-    return judgeable
 
 
 class _Progress:

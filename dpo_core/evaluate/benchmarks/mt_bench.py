@@ -92,9 +92,10 @@ def grade(judge, model_label: str, questions: list[Question], answers: list[list
 
 
 def summarize(grades: list[Grade]) -> dict[str, float]:
-    """Mean rating (absent when nothing was rated) and the parse-failure count and rate."""
+    """Mean rating (absent when nothing was rated) and the parse-failure count and rate; the caller
+    names the family (``mt_bench_`` for the question file, ``judge/`` for the held-out answers)."""
     rated = [g.rating for g in grades if g.rating is not None]
-    failures = {"mt_bench_parse_failures": float(len(grades) - len(rated)),
-                "mt_bench_parse_failure_rate": (len(grades) - len(rated)) / max(len(grades), 1)}
-    return failures | ({"mt_bench_score": sum(rated) / len(rated)} if rated else {})
+    failures = {"parse_failures": float(len(grades) - len(rated)),
+                "parse_failure_rate": (len(grades) - len(rated)) / max(len(grades), 1)}
+    return failures | ({"rating": sum(rated) / len(rated)} if rated else {})
 

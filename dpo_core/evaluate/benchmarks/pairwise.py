@@ -39,13 +39,15 @@ def compare(judge, items: list[tuple[str, str, str, str]], max_retries: int = 2,
 
 
 def summarize(comparisons: list[Comparison]) -> dict[str, float]:
+    """Win rate (ties half) and its length-controlled twin over the judged comparisons (absent when
+    none was), unparseable comparisons and the share of verdicts that flipped with the order; the
+    caller names them (``pairwise/<key>_vs_<baseline>``)."""
     judged = [c for c in comparisons if c.outcome is not None]
     outcomes = [c.outcome for c in judged]
     both = [c for c in comparisons if c.verdict_model_first and c.verdict_model_second]
     disagree = sum(AS_FIRST[c.verdict_model_first] != AS_SECOND[c.verdict_model_second] for c in both)
-    counts = {"pairwise_parse_failures": float(len(comparisons) - len(judged)),
-              "pairwise_position_disagreement": disagree / max(len(both), 1)}
+    counts = {"parse_failures": float(len(comparisons) - len(judged)), "position_disagreement": disagree / max(len(both), 1)}
     if not outcomes:  # nothing judged: no rate to report
         return counts
-    return counts | {"pairwise_win_rate": win_rate(outcomes),
-                     "pairwise_lc_win_rate": length_controlled_win_rate(outcomes, [c.length_diff for c in judged])}
+    return counts | {"win_rate": win_rate(outcomes),
+                     "lc_win_rate": length_controlled_win_rate(outcomes, [c.length_diff for c in judged])}
