@@ -14,7 +14,8 @@ from tasks.plumbing.results import ModelRef
 from tasks.plumbing.stage import markdown_table, publish
 from tasks.plumbing.tracking import experiment_id, log_step_metrics, log_trained_model, stage_run
 
-_COUNTS = ("train_examples", "train_pairs", "eval_pairs")  # sizes a trainer reports, when it has them
+# sizes a trainer reports (its per-step metrics come from metrics.jsonl): examples and pairs by source, truncations
+_COUNTS = ("train_examples", "train_pairs", "eval_pairs", "examples_", "truncated_")
 
 
 def train_in_child(stage: str, cfg, inputs: dict, out: Path, parent_run_id: str, params: dict,
@@ -27,7 +28,7 @@ def train_in_child(stage: str, cfg, inputs: dict, out: Path, parent_run_id: str,
             result = run_stage_in_child(stage, job, out, get_run_logger().info, timeout_s, progress.update,
                                         processes=cfg.num_processes)
         log_step_metrics(out / "metrics.jsonl")
-        mlflow.log_metrics({k: result["metrics"][k] for k in _COUNTS if k in result["metrics"]})
+        mlflow.log_metrics({k: v for k, v in result["metrics"].items() if k.startswith(_COUNTS)})
         model_uri = log_trained_model(result["model_path"], result["adapter_path"])
         eval_pairs = out / "eval_pairs.jsonl"
         if eval_pairs.exists():
