@@ -9,6 +9,7 @@ text, and the config checks it as the form would.
 
     dpo-pipeline lifecycle --model ./my-model --data.source chats.jsonl --feedback.judge rubric:openai:...
     dpo-pipeline sft --dataset <run id or folder> --feedback <run id or folder> --sft.epochs 2
+    dpo-pipeline evaluate-model --model ./my-model --prompts heldout.jsonl --evaluation.judge openai:...
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ COMMANDS = {  # command -> the flow it runs
     "sft": "flows.sft:sft_flow",
     "dpo": "flows.dpo:dpo_flow",
     "evaluate": "flows.evaluate:evaluate_flow",
+    "evaluate-model": "flows.evaluate:evaluate_model_flow",
 }
 
 
@@ -128,6 +130,10 @@ def main(argv: list[str] | None = None) -> None:
 
         print_report(*result)
         return
+    if command == "evaluate-model":
+        from flows.report import print_scores
+
+        print_scores(result)
     parts = result if isinstance(result, tuple) else (result,)
     print(json.dumps([part.model_dump() for part in parts], indent=2))
 

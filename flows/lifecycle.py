@@ -87,8 +87,8 @@ def lifecycle(
                                           api_key_secret) if has_prompts else None
         dpo_model = dpo_task(dpo, sft_model, pairs, parent, stage_timeout_s, dataset)
         champion = fetch_champion_task(gate.registered_model)
-        report = evaluate_task(evaluation, model, sft_model, dpo_model, champion, dataset, dpo.beta, parent,
-                               stage_timeout_s)
+        models = {"base": model, "sft": sft_model, "dpo": dpo_model} | ({"champion": champion} if champion else {})
+        report = evaluate_task(evaluation, models, dataset, parent, stage_timeout_s, dpo.beta)
         decision = promote_task(gate, dpo_model, report, parent)
     return report, decision
 

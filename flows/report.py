@@ -14,6 +14,23 @@ SECTIONS = (
 
 
 def print_report(report: EvalReport, decision: PromotionDecision) -> None:
+    """The lifecycle's summary: scores, head to head, the promotion decision, where it all went."""
+    _scores(report)
+    verdict = "promoted to champion" if decision.promoted else "not promoted"
+    print(f"\nPromotion: {decision.registered_model} version {decision.version} vs {decision.baseline}: {verdict}")
+    for reason in decision.reasons:
+        print(f"  - {reason}")
+    _locations(report)
+
+
+def print_scores(report: EvalReport) -> None:
+    """One evaluation's summary (``dpo-pipeline evaluate-model``): scores and where they went."""
+    _scores(report)
+    print(f"\nSamples:        {report.samples_path}")
+    _locations(report)
+
+
+def _scores(report: EvalReport) -> None:
     metrics = list(dict.fromkeys(k for scores in report.scores.values() for k in scores))  # in the stage's order
     for title, prefixes in SECTIONS:
         _table(title, [m for m in metrics if m.startswith(prefixes)], report.scores)
@@ -24,10 +41,9 @@ def print_report(report: EvalReport, decision: PromotionDecision) -> None:
     for row in report.head_to_head:
         print(f"  {row['model']} vs {row['baseline']}: {row['wins']} wins, {row['ties']} ties, "
               f"{row['losses']} losses, win rate {row['win_rate']:.3f}")
-    verdict = "promoted to champion" if decision.promoted else "not promoted"
-    print(f"\nPromotion: {decision.registered_model} version {decision.version} vs {decision.baseline}: {verdict}")
-    for reason in decision.reasons:
-        print(f"  - {reason}")
+
+
+def _locations(report: EvalReport) -> None:
     print(f"\nStage outputs:  {home() / 'stages'}")
     print(f"MLflow store:   {tracking_uri()}  (evaluation run {report.run_id})")
     print(f"Browse runs:    mlflow ui --backend-store-uri {tracking_uri()}")

@@ -1,42 +1,50 @@
-"""Task: evaluate base, SFT and DPO on the held-out prompts; every metric, tables and a chart to MLflow."""
+"""Task: evaluate base, SFT, DPO and the champion (or any models) on the held-out prompts; every metric,
+tables and a chart to MLflow."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict
+from pathlib import Path
 
 import mlflow
 import pandas as pd
 from matplotlib.figure import Figure
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
-from dpo_core.common.io import read_jsonl
+from dpo_core.common.digest import digest_files, digest_json
+from dpo_core.common.io import read_jsonl, write_jsonl
 from dpo_core.common.models import model_fingerprint, resolve_model
 from dpo_core.evaluate.config import EvalConfig
+from dpo_core.evaluate.heldout import write_heldout
 from tasks.plumbing.child import run_stage_in_child
 from tasks.plumbing.results import DatasetRef, EvalReport, ModelRef
-from tasks.plumbing.stage import output_dir, publish, stage_cache
+from tasks.plumbing.settings import stage_dir
+from tasks.plumbing.stage import output_dir, publish, retry_transient, stage_cache
 from tasks.plumbing.tracking import experiment_id, stage_run
 
 STAGE, ENTRY = "evaluate", "dpo_core.evaluate.stage"  # ENTRY's import closure is the code version in the cache key
 
 
-@task(name=STAGE, cache_policy=stage_cache(ENTRY), persist_result=True, retries=1, retry_delay_seconds=10)
+@task(name=STAGE, cache_policy=stage_cache(ENTRY), persist_result=True, retries=1, retry_delay_seconds=10,
+      retry_condition_fn=retry_transient)
 def evaluate_task(
-    cfg: EvalConfig, base_model: str, sft: ModelRef, dpo: ModelRef, champion: ModelRef | None, data: DatasetRef,
-    dpo_beta: float, parent_run_id: str, timeout_s: float | None = None,
+    cfg: EvalConfig, models: dict[str, ModelRef | str], data: DatasetRef, parent_run_id: str,
+    timeout_s: float | None = None, dpo_beta: float = 0.1,
 ) -> EvalReport:
-    base_fp = model_fingerprint(resolve_model(base_model))
-    out = output_dir(STAGE, ENTRY, asdict(cfg), base_fp, sft.digest, dpo.digest, champion and champion.digest, data.digest,
-                     dpo_beta)
-    models = {"base": base_model, "sft": sft.model_path, "dpo": dpo.model_path}
-    if champion is not None:
-        models["champion"] = champion.model_path
-    params = asdict(cfg) | {"sft_model_uri": sft.model_uri, "dpo_model_uri": dpo.model_uri,
-                            "champion_model_uri": champion.model_uri if champion else None}
-    with stage_run(STAGE, parent_run_id, params) as run_id:
-        job = {"config": asdict(cfg), "inputs": {"models": models, "eval_path": data.eval_path,
-                                                  "heldout_pairs_path": dpo.eval_pairs_path, "dpo_beta": dpo_beta}}
+    """Every model in ``models`` (label -> a trained model, or a model reference such as the base
+    model) answers the held-out prompts once; the judges score them. With a trained ``dpo`` model:
+    its held-out pairs give perplexity and preference accuracy (at ``dpo_beta``)."""
+    paths = {label: m if isinstance(m, str) else m.model_path for label, m in models.items()}
+    keys = {label: model_fingerprint(resolve_model(m)) if isinstance(m, str) else m.digest for label, m in models.items()}
+    dpo = models.get("dpo")
+    heldout_pairs = dpo.eval_pairs_path if isinstance(dpo, ModelRef) else None
+    out = output_dir(STAGE, ENTRY, asdict(cfg), keys, data.digest, dpo_beta)
+    params = asdict(cfg) | {f"{label}_model_uri": m.model_uri for label, m in models.items() if isinstance(m, ModelRef)}
+    with stage_run(STAGE, parent_run_id, params | {"models": paths}) as run_id:
+        job = {"config": asdict(cfg), "inputs": {"models": paths, "eval_path": data.eval_path,
+                                                  "heldout_pairs_path": heldout_pairs, "dpo_beta": dpo_beta}}
         result = run_stage_in_child("evaluate", job, out, get_run_logger().info, timeout_s)
         scores, table = result["scores"], result["head_to_head"]
         mlflow.log_metrics({f"{label}/{k}": v for label, s in scores.items() for k, v in s.items() if math.isfinite(v)})
@@ -51,6 +59,18 @@ def evaluate_task(
         mlflow.log_artifact(result["summary_path"])
         publish(STAGE, run_id, experiment_id(), _markdown(scores, table))
     return EvalReport(run_id=run_id, samples_path=result["samples_path"], scores=scores, head_to_head=table)
+
+
+@task(name="heldout-prompts", cache_policy=NO_CACHE)
+def heldout_prompts_task(prompts: str) -> DatasetRef:
+    """A team's prompts file, in any accepted prompt shape, as held-out prompts for evaluating a model
+    on it directly (rejected rows in ``rejected.jsonl`` beside it). Cheap, so never cached."""
+    out = stage_dir("heldout-prompts", digest_json([prompts, digest_files([Path(prompts)])]))
+    eval_path, kept, rejected = write_heldout(prompts, out)
+    get_run_logger().info(f"{kept} held-out prompts from {prompts}; {rejected} rows rejected ({out / 'rejected.jsonl'})")
+    train_path = write_jsonl(out / "train.jsonl", [])  # nothing to train on: this is evaluation only
+    return DatasetRef(train_path=str(train_path), eval_path=str(eval_path), digest=digest_files([eval_path]), run_id="",
+                      counts={"eval": kept, "rejected": rejected})
 
 
 # One panel per metric family, each on its own scale; a family the evaluation did not produce is not drawn

@@ -40,3 +40,19 @@ def test_build_dataset_runs_from_the_command_line(prefect_server, capsys):
     assert ref["counts"]["train"] == 5 and ref["counts"]["eval"] == 3
     with open(ref["train_path"]) as f:
         assert len(f.readlines()) == 5
+
+
+def test_evaluating_one_model_answers_each_prompt_once(prefect_server, tiny_model, tmp_path, capsys):
+    """A prompts file in TRL's prompt shape, two rows broken: the model answers each good prompt once."""
+    prompts = tmp_path / "heldout.jsonl"
+    rows = [{"prompt": f"Write about topic {i}. Answer in lowercase letters only.",
+             "instructions": [{"kind": "lowercase", "args": {}}]} for i in range(4)]
+    prompts.write_text("\n".join(json.dumps(r) for r in rows) + "\n{not json\n" + json.dumps({"prompt": ""}) + "\n")
+    main(["evaluate-model", "--model", tiny_model, "--prompts", str(prompts), "--evaluation.max_new_tokens", "8"])
+    out = capsys.readouterr().out
+    assert "verifiable/prompt_strict" in out and "MLflow store:" in out
+    samples_path = next(line.split()[-1] for line in out.splitlines() if line.startswith("Samples:"))
+    with open(samples_path) as f:
+        samples = [json.loads(line) for line in f]
+    assert sorted(s["prompt_id"] for s in samples) == sorted({s["prompt_id"] for s in samples})  # once each
+    assert len(samples) == 4 and {s["model"] for s in samples} == {"model"}
