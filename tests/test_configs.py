@@ -37,6 +37,9 @@ def test_every_field_is_described(config):
     (lambda: FeedbackConfig(judge="rubric:opnai:http://127.0.0.1:8000/v1|m"), "judge rubric:"),
     (lambda: FeedbackConfig(judge="pairwise:openai:http://127.0.0.1:8000/v1|"), "judge pairwise:"),
     (lambda: FeedbackConfig(judge="rubric"), "judge 'rubric'"),
+    (lambda: EvalConfig(judge="openai:http://127.0.0.1:8000/v1"), "evaluation.judge"),  # no model name
+    (lambda: EvalConfig(judge="./judge-model"), "evaluation.judge"),  # needs local: or openai:
+    (lambda: EvalConfig(reward_model="rm:./x"), "evaluation.reward_model"),
 ])
 def test_a_field_that_would_do_nothing_is_an_error_naming_it(make, field):
     with pytest.raises(ValueError, match=field):

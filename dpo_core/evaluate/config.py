@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field
 
 from dpo_core.common.config import config_dataclass
+from dpo_core.inference.config import check_model_spec
 
 
 @config_dataclass
@@ -45,3 +46,7 @@ class EvalConfig:
     def __post_init__(self):
         if self.mt_bench_path and not self.judge:
             raise ValueError(f"mt_bench_path={self.mt_bench_path!r} is graded by a judge: set judge too")
+        if self.judge is not None:
+            check_model_spec(self.judge, "evaluation.judge", bare=False)
+        if self.reward_model is not None:
+            check_model_spec(self.reward_model, "evaluation.reward_model")
