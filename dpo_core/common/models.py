@@ -75,13 +75,18 @@ def ensure_embedded_default() -> Path:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict())
     set_turn_tokens(tokenizer, model, _END_OF_TURN, _PAD)
+    return save_model_folder(model, tokenizer, dest)
 
+
+def save_model_folder(model, tokenizer: PreTrainedTokenizerBase, dest: Path) -> Path:
+    """Save model (safetensors) and tokenizer to ``dest`` through a temporary folder beside it, then
+    rename: a crash mid-write never leaves a half-written folder in the cache."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".convert-"))
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}-"))
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(dest, ignore_errors=True)
-    tmp.rename(dest)  # atomic: a crash mid-conversion never leaves a half-written cache
+    tmp.rename(dest)
     return dest
 
 

@@ -20,14 +20,20 @@ as ``models.ensure_embedded_default`` writes its conversion; torch loads only wh
 from __future__ import annotations
 
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from dpo_core.common.chat import render_answer
 from dpo_core.common.digest import digest_json
-from dpo_core.common.models import cache_dir, load_model, load_tokenizer, model_fingerprint, resolve_model, set_turn_tokens
+from dpo_core.common.models import (
+    cache_dir,
+    load_model,
+    load_tokenizer,
+    model_fingerprint,
+    resolve_model,
+    save_model_folder,
+    set_turn_tokens,
+)
 
 CHATML = (
     "{%- for message in messages -%}"
@@ -100,14 +106,7 @@ def apply_chat_template_setting(model_ref: str, chat_template: str | None) -> st
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # never shrink a vocabulary padded for speed
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     set_turn_tokens(tokenizer, model, end_of_turn, pad)
-
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".chat-template-"))
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(dest, ignore_errors=True)
-    tmp.rename(dest)  # atomic: a crash mid-write never leaves a half-written folder
-    return str(dest)
+    return str(save_model_folder(model, tokenizer, dest))
 
 
 def _add_special(tokenizer, tokens: list[str]) -> None:
