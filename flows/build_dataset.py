@@ -24,5 +24,9 @@ def build_dataset_flow(data: BuildConfig = CPU_DEMO["data"]) -> DatasetRef:
         return build_dataset_task(data, source_digest(data), parent)
 
 
-if __name__ == "__main__":
-    print(build_dataset_flow())
+if __name__ == "__main__":  # the same as `dpo-pipeline build-dataset`: --help lists every setting
+    import sys
+
+    from flows.cli import main
+
+    main(["build-dataset", *sys.argv[1:]])

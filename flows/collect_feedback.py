@@ -34,3 +34,11 @@ def collect_feedback_flow(
     """
     with flow_parent_run({"dataset": dataset, "model": model, "feedback": asdict(feedback)}) as parent:
         return collect_feedback_task(feedback, model, dataset_ref(dataset), parent, stage_timeout_s, api_key_secret)
+
+
+if __name__ == "__main__":  # the same as `dpo-pipeline collect-feedback`: --help lists every setting
+    import sys
+
+    from flows.cli import main
+
+    main(["collect-feedback", *sys.argv[1:]])

@@ -32,3 +32,11 @@ def dpo_flow(
     """
     with flow_parent_run({"model": model, "feedback": feedback, "dpo": asdict(dpo)}) as parent:
         return dpo_task(dpo, model_ref(model, "sft"), feedback_ref(feedback), parent, stage_timeout_s)
+
+
+if __name__ == "__main__":  # the same as `dpo-pipeline dpo`: --help lists every setting
+    import sys
+
+    from flows.cli import main
+
+    main(["dpo", *sys.argv[1:]])

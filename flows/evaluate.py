@@ -76,3 +76,11 @@ def evaluate_model_flow(
     with flow_parent_run(params) as parent:
         model = prepare_model_task(model, chat_template)
         return evaluate_task(evaluation, {"model": model}, heldout_prompts_task(prompts), parent, stage_timeout_s)
+
+
+if __name__ == "__main__":  # the same as `dpo-pipeline evaluate`: --help lists every setting
+    import sys
+
+    from flows.cli import main
+
+    main(["evaluate", *sys.argv[1:]])

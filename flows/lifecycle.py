@@ -93,7 +93,9 @@ def lifecycle(
     return report, decision
 
 
-if __name__ == "__main__":
-    from flows.report import print_report
+if __name__ == "__main__":  # the same as `dpo-pipeline lifecycle`: --help lists every setting
+    import sys
 
-    print_report(*lifecycle())
+    from flows.cli import main
+
+    main(["lifecycle", *sys.argv[1:]])

@@ -34,3 +34,11 @@ def sft_flow(
     """
     with flow_parent_run({"dataset": dataset, "feedback": feedback, "model": model, "sft": asdict(sft)}) as parent:
         return sft_task(sft, model, dataset_ref(dataset), feedback_ref(feedback), parent, stage_timeout_s)
+
+
+if __name__ == "__main__":  # the same as `dpo-pipeline sft`: --help lists every setting
+    import sys
+
+    from flows.cli import main
+
+    main(["sft", *sys.argv[1:]])

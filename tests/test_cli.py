@@ -56,3 +56,9 @@ def test_evaluating_one_model_answers_each_prompt_once(prefect_server, tiny_mode
         samples = [json.loads(line) for line in f]
     assert sorted(s["prompt_id"] for s in samples) == sorted({s["prompt_id"] for s in samples})  # once each
     assert len(samples) == 4 and {s["model"] for s in samples} == {"model"}
+
+
+@pytest.mark.parametrize("module", ["flows.lifecycle", "flows.evaluate"])
+def test_each_flow_module_is_the_same_command(module):
+    out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, check=True).stdout
+    assert out.startswith(f"usage: dpo-pipeline {module.split('.')[1]}")
