@@ -148,6 +148,7 @@ def _wait_for(condition, timeout_s: float, what: str):
 
 
 def test_browser_runs_the_lifecycle_from_the_prefect_form_and_finds_it_in_mlflow(stack, browser, tiny_model):
+    from selenium.common.exceptions import ElementClickInterceptedException
     from selenium.webdriver.common.by import By
 
     deployment = stack.api("GET", "/deployments/name/dpo-lifecycle/cpu-demo")
@@ -167,7 +168,11 @@ def test_browser_runs_the_lifecycle_from_the_prefect_form_and_finds_it_in_mlflow
     for attempt in range(3):  # under load the UI can show "Something went wrong" on submit; a user clicks again
         submit = browser.find_element(By.XPATH, "//button[@type='submit'][normalize-space(.)='Submit']")
         browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", submit)
-        submit.click()
+        try:
+            submit.click()
+        except ElementClickInterceptedException:  # a toast or a closing menu over the button: wait, click again
+            time.sleep(2)
+            continue
         deadline = time.monotonic() + 30
         while not (new_runs := [r for r in stack.runs_of("dpo-lifecycle", "cpu-demo") if r["id"] not in before]):
             if time.monotonic() > deadline:

@@ -18,7 +18,7 @@ from dpo_core.inference.config import SamplingConfig
 from dpo_core.train.config import DPOConfig, SFTConfig
 from tasks.plumbing import registry
 from tasks.plumbing.settings import tracking_uri
-from tasks.plumbing.tracking import EXPERIMENT
+from tasks.plumbing.tracking import EXPERIMENT, FLOW_TAG
 
 DATA = Path(__file__).parent / "data"
 MT_BENCH = Path(__file__).parents[1] / "configs" / "mt_bench_sample.jsonl"
@@ -49,9 +49,11 @@ def _child_runs(client: MlflowClient, parent_id: str) -> dict[str, list]:
 
 
 def _parent_runs(client: MlflowClient) -> list:
+    """This module's lifecycle runs, oldest first (other test modules log other flows to the same store)."""
     exp = client.get_experiment_by_name(EXPERIMENT)
-    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
-    return [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    runs = client.search_runs([exp.experiment_id], f"tags.`{FLOW_TAG}` = 'dpo-lifecycle'",
+                              order_by=["attributes.start_time ASC"])
+    return [r for r in runs if r.data.params.get("gate.registered_model") == "tiny-dpo"]
 
 
 @pytest.fixture(scope="module")

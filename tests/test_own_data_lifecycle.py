@@ -17,7 +17,7 @@ from dpo_core.feedback.config import FeedbackConfig
 from dpo_core.inference.config import SamplingConfig
 from dpo_core.train.config import DPOConfig, SFTConfig
 from tasks.plumbing.settings import tracking_uri
-from tasks.plumbing.tracking import EXPERIMENT
+from tasks.plumbing.tracking import EXPERIMENT, FLOW_TAG
 
 TOPICS = ["TCP slow start", "photosynthesis", "binary search", "the water cycle", "compound interest", "DNS caching",
           "garbage collection", "plate tectonics", "public-key encryption", "the Krebs cycle", "load balancing",
@@ -53,8 +53,9 @@ def _trl_pairs(path: Path) -> Path:
 def _runs(client: MlflowClient, registered_model: str) -> dict[str, list]:
     """The child runs of the newest lifecycle run that used ``registered_model``, by stage."""
     exp = client.get_experiment_by_name(EXPERIMENT)
-    parents = [r for r in client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])
-               if "mlflow.parentRunId" not in r.data.tags and r.data.params.get("gate.registered_model") == registered_model]
+    parents = [r for r in client.search_runs([exp.experiment_id], f"tags.`{FLOW_TAG}` = 'dpo-lifecycle'",
+                                             order_by=["attributes.start_time DESC"])
+               if r.data.params.get("gate.registered_model") == registered_model]
     children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'")
     by_stage: dict[str, list] = {}
     for run in children:

@@ -20,6 +20,7 @@ from tasks.plumbing.settings import home, tracking_uri
 
 EXPERIMENT = "dpo-lifecycle"
 FLOW_RUN_TAG = "prefect.flow_run_id"
+FLOW_TAG = "prefect.flow"  # which flow a parent run belongs to: dpo-lifecycle, sft, evaluate-model, ...
 
 
 def experiment_id(name: str = EXPERIMENT) -> str:
@@ -31,7 +32,7 @@ def experiment_id(name: str = EXPERIMENT) -> str:
     return mlflow.create_experiment(name, artifact_location=artifacts)
 
 
-def open_parent_run(flow_run_id: str, run_name: str, params: dict) -> str:
+def open_parent_run(flow_run_id: str, run_name: str, params: dict, flow_name: str = "") -> str:
     """Create the parent run of a flow run, or reuse it when the flow run is retried."""
     exp = experiment_id()
     client = MlflowClient(tracking_uri())
@@ -39,7 +40,7 @@ def open_parent_run(flow_run_id: str, run_name: str, params: dict) -> str:
     if found:
         client.update_run(found[0].info.run_id, status="RUNNING")
         return found[0].info.run_id
-    run = client.create_run(exp, run_name=run_name, tags={FLOW_RUN_TAG: flow_run_id})
+    run = client.create_run(exp, run_name=run_name, tags={FLOW_RUN_TAG: flow_run_id, FLOW_TAG: flow_name})
     for key, value in flatten(params).items():
         client.log_param(run.info.run_id, key, value)
     return run.info.run_id
@@ -53,7 +54,8 @@ def close_parent_run(run_id: str, status: str) -> None:
 def flow_parent_run(params: dict) -> Iterator[str]:
     """The MLflow parent run of the current Prefect flow run (reused when the flow run is retried),
     ended FINISHED, FAILED, or KILLED when the run is cancelled."""
-    parent = open_parent_run(str(flow_run.get_id()), flow_run.get_name() or flow_run.get_flow_name(), params)
+    parent = open_parent_run(str(flow_run.get_id()), flow_run.get_name() or flow_run.get_flow_name(), params,
+                             flow_run.get_flow_name())
     try:
         yield parent
     except BaseException as exc:
