@@ -47,10 +47,9 @@ def build_dataset_task(cfg: BuildConfig, source_digest: str, parent_run_id: str)
 
 def source_digest(cfg: BuildConfig) -> str:
     """Digest of the files a build reads, so an edited source file invalidates the cached build."""
-    paths = [str(INSTRUCTION_SET_PATH) if cfg.source == BUILTIN else cfg.source]
-    paths += [p for p in (cfg.sft_source, cfg.pairs_source, cfg.eval_source) if p]
-    files = []
-    for p in map(Path, paths):
-        files += sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p] if p.exists() else []
     names = [cfg.source, cfg.sft_source, cfg.pairs_source, cfg.eval_source]  # a hub id's name is all we know of it
+    paths = [INSTRUCTION_SET_PATH if name == BUILTIN else Path(name) for name in names if name]
+    files = []
+    for p in paths:
+        files += sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p] if p.exists() else []
     return digest_json([names, digest_files(files) if files else None])

@@ -22,9 +22,6 @@ def dpo_task(
 ) -> ModelRef:
     """Train ``policy`` (also the reference) on the collected pairs and the team's own (``data``)."""
     pairs = [p for p in (feedback and feedback.pairs_path, data and data.pairs_path) if p]
-    if not pairs:
-        raise ValueError("DPO needs preference pairs: give prompts to collect feedback on (data.source) or the "
-                         "team's pairs (data.pairs_source)")
     out = output_dir(STAGE, ENTRY, asdict(cfg), policy.digest, feedback and feedback.digest, data and data.digest)
     inputs = {"model": policy.model_path, "pairs_paths": pairs}
     params = asdict(cfg) | {"reference_model_uri": policy.model_uri}

@@ -132,7 +132,7 @@ def build_dataset(cfg: BuildConfig, out_dir: Path) -> BuildResult:
     rejected_path = write_jsonl(out_dir / "rejected.jsonl", rejected)  # first: kept even if the build fails
     if not (train or sft or pairs):
         raise ValueError(f"no usable training prompts, conversations or pairs: of {sum(s.rows_in for s in loaded)} rows, "
-                         f"{len(rejected)} were rejected and the rest held out; see {rejected_path}")
+                         f"{len(rejected)} were rejected and {len(held_out)} held out; see {rejected_path}")
     if not held_out:
         raise ValueError(f"no usable held-out prompts for evaluation; see {rejected_path}")
 

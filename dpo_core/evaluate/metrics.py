@@ -23,9 +23,7 @@ REWARD_WIN = "reward/win_rate"  # the higher reward against a baseline's answer,
 HEAD_TO_HEAD = (PAIRWISE_WIN, REWARD_WIN)
 
 # What the gate can decide on: every metric with a per-prompt score
-GateMetric = Literal["verifiable/prompt_strict", "verifiable/instruction_strict", "verifiable/prompt_loose",
-                     "verifiable/instruction_loose", "judge/rating", "reward/score", "pairwise/win_rate",
-                     "reward/win_rate"]
+GateMetric = Literal[Verifiable, "judge/rating", "reward/score", "pairwise/win_rate", "reward/win_rate"]
 GATE_METRICS = get_args(GateMetric)
 
 
