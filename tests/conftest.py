@@ -16,6 +16,8 @@ os.environ["PREFECT_LOCAL_STORAGE_PATH"] = str(_SESSION_HOME / "home" / "prefect
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+# engine "auto" runs the tiny models with transformers; tests/test_vllm.py asks for vLLM by name
+os.environ["DPO_PIPELINE_ENGINE"] = "local"
 sys.path.insert(0, str(Path(__file__).parent))
 
 import pytest  # noqa: E402

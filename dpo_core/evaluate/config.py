@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field
 
 from dpo_core.common.config import config_dataclass
-from dpo_core.inference.config import check_model_spec
+from dpo_core.inference.config import EngineConfig, check_model_spec
 
 
 @config_dataclass
@@ -23,8 +23,10 @@ class EvalConfig:
     max_new_tokens: int = Field(160, ge=1, description="Longest greedy answer; 160 fits the shipped prompts' "
                                                        "length limits")
     batch_size: int = Field(16, ge=1, description="Prompts per generate call (greedy decoding)")
-    judge: str | None = Field(None, description="local:<model ref> or openai:<base_url>|<model>: grades every "
-                                                "model's held-out answers 1-10 (MT-Bench single grading), compares "
+    engine: EngineConfig = Field(default_factory=EngineConfig, description="What runs the evaluated models and a "
+                                                                           "vllm: judge")
+    judge: str | None = Field(None, description="local:<model ref>, vllm:<model ref> or openai:<base_url>|<model>: "
+                                                "grades every model's held-out answers 1-10 (MT-Bench single grading), compares "
                                                 "the DPO model's with each win_rate_baselines model's, and grades "
                                                 "mt_bench_path")
     reward_model: str | None = Field(None, description="A local sequence-classification reward model (folder or hub "

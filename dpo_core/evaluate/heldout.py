@@ -21,8 +21,8 @@ def load_prompts(cfg: EvalConfig, eval_path: Path) -> list[PromptRecord]:
     if not scorable:
         raise ValueError(
             f"{eval_path}: none of the {len(prompts)} held-out prompts has verifiable instructions, so nothing can "
-            "score the answers: set evaluation.judge= (local:<model ref> or openai:<base_url>|<model>, an LLM judge) "
-            "or evaluation.reward_model= (a local reward model)")
+            "score the answers: set evaluation.judge= (local:<model ref>, vllm:<model ref> or "
+            "openai:<base_url>|<model>, an LLM judge) or evaluation.reward_model= (a local reward model)")
     return scorable[: cfg.max_prompts]
 
 

@@ -29,9 +29,8 @@ from dpo_core.evaluate.benchmarks.preference import perplexity, preference_accur
 from dpo_core.evaluate.config import EvalConfig
 from dpo_core.evaluate.heldout import load_prompts
 from dpo_core.evaluate.scores import judge_scores, reward_scores
-from dpo_core.inference.backends import LocalChat, make_backend
-from dpo_core.inference.config import SamplingConfig
-from dpo_core.inference.generation import generate
+from dpo_core.inference.backends import LocalChat, VLLMChat, make_backend
+from dpo_core.inference.vllm_engine import release_engine
 from dpo_core.judges.reward_model import RewardModelJudge
 
 
@@ -51,22 +50,25 @@ def evaluate(cfg: EvalConfig, models: dict[str, str], eval_path: Path, out_dir: 
     prompts = load_prompts(cfg, Path(eval_path))  # refuses a set nothing can score, before any model loads
     pairs = [PreferencePair(**r) for r in read_jsonl(heldout_pairs_path)] if heldout_pairs_path else []
     questions = mt_bench.load_questions(Path(cfg.mt_bench_path)) if cfg.mt_bench_path else []
-    greedy = SamplingConfig(num_samples=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
     answers, scores, mt_answers, pair_logps = {}, {}, {}, {}
     for label, ref in models.items():
         path = resolve_model(ref)
-        model, tokenizer = load_model(path), load_tokenizer(path)
-        answers[label] = [a[0].text for a in generate(model, tokenizer, [p.messages for p in prompts], greedy)]
-        scores[label] = {}
-        if pairs:
-            pair_logps[label] = summed_logps(model, tokenizer, pairs, 512, cfg.batch_size)
-            scores[label]["perplexity"] = perplexity(*pair_logps[label])
+        chat = _answerer(cfg, path, label)
+        answers[label] = chat.complete([p.messages for p in prompts], cfg.max_new_tokens)
         if questions:
-            mt_answers[label] = mt_bench.answer(LocalChat(model, tokenizer, label, cfg.batch_size), questions,
-                                               cfg.judge_max_new_tokens)
-        if cfg.lm_eval_tasks:
-            scores[label] |= lm_eval.run(model, tokenizer, cfg.lm_eval_tasks, cfg.lm_eval_limit)
-        del model
+            mt_answers[label] = mt_bench.answer(chat, questions, cfg.judge_max_new_tokens)
+        scores[label] = {}
+        if pairs or cfg.lm_eval_tasks:  # transformers computes these: vLLM's engine gives its memory back first
+            release_engine()
+            model, tokenizer = (chat.model, chat.tokenizer) if isinstance(chat, LocalChat) else \
+                (load_model(path), load_tokenizer(path))
+            if pairs:
+                pair_logps[label] = summed_logps(model, tokenizer, pairs, 512, cfg.batch_size)
+                scores[label]["perplexity"] = perplexity(*pair_logps[label])
+            if cfg.lm_eval_tasks:
+                scores[label] |= lm_eval.run(model, tokenizer, cfg.lm_eval_tasks, cfg.lm_eval_limit)
+            del model
+        del chat
         gc.collect()
     if "dpo" in pair_logps and "sft" in pair_logps:
         scores["dpo"] |= preference_accuracy(pair_logps["dpo"][0], pair_logps["sft"][0], dpo_beta)
@@ -88,16 +90,24 @@ def evaluate(cfg: EvalConfig, models: dict[str, str], eval_path: Path, out_dir: 
     table = [head_to_head(samples[b], samples[a], b, a) for a, b in combinations(models, 2)] if checked else []
     samples_path = write_jsonl(out_dir / "samples.jsonl", (s.to_dict() for ss in samples.values() for s in ss))
     judge_path = write_jsonl(out_dir / "judge_outputs.jsonl", judge_rows) if judge_rows else None
+    release_engine()
     summary_path = out_dir / "summary.json"
     summary_path.write_text(json.dumps({"config": asdict(cfg), "models": models, "scores": scores,
                                         "head_to_head": table}, indent=2))
     return EvalResult(str(samples_path), str(summary_path), scores, table, str(judge_path) if judge_path else None)
 
 
+def _answerer(cfg: EvalConfig, path: str, label: str) -> LocalChat | VLLMChat:
+    """Greedy answers from the model at ``path`` on the configured engine."""
+    if cfg.engine.resolved() == "vllm":
+        return VLLMChat(path, cfg.engine, label)
+    return LocalChat(load_model(path), load_tokenizer(path), label, cfg.batch_size)
+
+
 def _judge(cfg: EvalConfig, prompts, answers, baselines, questions, mt_answers, scores, per_prompt) -> list[dict]:
     """The judge's grades of the held-out answers, its pairwise verdicts and its MT-Bench grades, one
     judge loaded once for all; adds their summaries to ``scores`` and ``per_prompt``."""
-    judge = make_backend(cfg.judge)
+    judge = make_backend(cfg.judge, engine=cfg.engine)
     metrics, ratings, rows = judge_scores(judge, prompts, answers, baselines, cfg.judge_max_retries,
                                           cfg.judge_max_new_tokens)
     _merge(scores, per_prompt, metrics, ratings)

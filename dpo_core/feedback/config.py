@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field
 
 from dpo_core.common.config import config_dataclass
-from dpo_core.inference.config import ClientOptions, SamplingConfig, check_model_spec
+from dpo_core.inference.config import ClientOptions, EngineConfig, SamplingConfig, check_model_spec
 from dpo_core.judges.rubric import ULTRAFEEDBACK_ASPECTS, Aspect
 
 JUDGE_KINDS = ("verifiable", "rubric", "pairwise", "reward")
@@ -20,7 +20,10 @@ JUDGE_KINDS = ("verifiable", "rubric", "pairwise", "reward")
 class FeedbackConfig:
     max_prompts: int | None = Field(None, ge=1, description="Use at most this many training prompts")
     generators: list[str] = Field(default_factory=list, description="More candidate sources beside the stage's "
-                                                                     "model: local:<model ref> or openai:<base_url>|<model>")
+                                                                     "model: local:<model ref>, vllm:<model ref>, "
+                                                                     "openai:<base_url>|<model> or a model ref (on engine)")
+    engine: EngineConfig = Field(default_factory=EngineConfig, description="What runs the stage's model, bare "
+                                                                           "generator refs and vllm: judges")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="K samples per generator and prompt")
     judge: str = Field("verifiable", description="verifiable, rubric:<backend>, pairwise:<backend> or reward:<model ref>")
     rubric_aspects: list[Aspect] = Field(default_factory=lambda: list(ULTRAFEEDBACK_ASPECTS), min_length=1,

@@ -1,5 +1,5 @@
-"""Candidate generators behind one interface: a local transformers model, or any
-OpenAI-compatible chat endpoint (vLLM, TGI, Ollama, llama.cpp server, hosted APIs).
+"""Candidate generators behind one interface: a local model run by transformers or by vLLM's
+engine, or any OpenAI-compatible chat endpoint (vLLM, TGI, Ollama, llama.cpp server, hosted APIs).
 
 ``run(requests, sampling, on_sample)`` takes (chat, sample index) requests and calls
 ``on_sample(request index, Sample | Failure)`` as each sample is ready, so the caller stores it
@@ -7,7 +7,8 @@ before the rest arrive. A pool of generators (UltraFeedback drew 4 answers from 
 models) is a list of specs; every candidate keeps its generator's name, and cached samples are keyed
 by its ``cache_id`` (dpo_core.inference.backends).
 
-Specs: ``local:<model ref>`` or ``openai:<base_url>|<model>``.
+Specs: ``local:<model ref>``, ``vllm:<model ref>`` or ``openai:<base_url>|<model>``; a bare model
+reference runs on the stage's engine (dpo_core.inference.config.EngineConfig).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from functools import cached_property
 
 from dpo_core.common.models import load_model, load_tokenizer, resolve_model
 from dpo_core.inference.backends import endpoint_id, local_model_id, make_client
-from dpo_core.inference.config import ClientOptions, SamplingConfig, openai_endpoint
+from dpo_core.inference.config import ClientOptions, EngineConfig, SamplingConfig, openai_endpoint
 from dpo_core.inference.generation import generate
 from dpo_core.inference.openai_client import Failure, Usage
 
@@ -51,21 +52,57 @@ class LocalGenerator:
         if self._loaded is None:
             path = resolve_model(self.model_ref)
             self._loaded = load_model(path), load_tokenizer(path)
-        chats: dict[str, list[dict]] = {}
-        wanted: dict[str, list[tuple[int, int]]] = {}  # chat -> [(request index, k)]
-        for i, (chat, k) in enumerate(requests):
-            key = repr(chat)
-            chats.setdefault(key, chat)
-            wanted.setdefault(key, []).append((i, k))
-        keys = list(chats)
+        chats, done = _by_chat(requests, self.usage, on_sample)
+        generate(*self._loaded, chats, sampling, on_prompt=done)
 
-        def done(p, generations):
-            self.usage.requests += 1
-            self.usage.completion_tokens += sum(g.n_tokens for g in generations)
-            for i, k in wanted[keys[p]]:
-                on_sample(i, Sample(generations[k].text, generations[k].n_tokens))
 
-        generate(*self._loaded, [chats[k] for k in keys], sampling, on_prompt=done)
+class VLLMGenerator:
+    """Sampling with vLLM's engine in this process: a prompt's K samples are one request (n=K)."""
+
+    def __init__(self, model_ref: str, engine: EngineConfig):
+        self.model_ref, self.name, self.engine = model_ref, model_ref, engine
+        self.usage = Usage()
+
+    @cached_property
+    def cache_id(self) -> str:
+        from dpo_core.inference.vllm_engine import engine_id
+
+        return engine_id(resolve_model(self.model_ref), self.engine)
+
+    def run(self, requests: list[Request], sampling: SamplingConfig, on_sample: Callable[[int, Sample | Failure], None]) -> None:
+        from dpo_core.inference.vllm_engine import vllm_engine
+
+        if not requests:
+            return
+        chats, done = _by_chat(requests, self.usage, on_sample)
+        vllm_engine(resolve_model(self.model_ref), self.engine).generate(
+            chats, num_samples=sampling.num_samples, temperature=sampling.temperature, top_p=sampling.top_p,
+            max_new_tokens=sampling.max_new_tokens, seed=sampling.seed, on_prompt=done)
+
+
+def _by_chat(requests: list[Request], usage: Usage, on_sample) -> tuple[list[list[dict]], Callable]:
+    """The distinct chats among ``requests``, and the callback that hands each chat's K generations
+    (or its failure) to the requests that asked for them."""
+    chats: dict[str, list[dict]] = {}
+    wanted: dict[str, list[tuple[int, int]]] = {}  # chat -> [(request index, k)]
+    for i, (chat, k) in enumerate(requests):
+        key = repr(chat)
+        chats.setdefault(key, chat)
+        wanted.setdefault(key, []).append((i, k))
+    keys = list(chats)
+
+    def done(p, generations):
+        usage.requests += 1
+        if isinstance(generations, Failure):
+            usage.failures += 1
+            for i, _ in wanted[keys[p]]:
+                on_sample(i, generations)
+            return
+        usage.completion_tokens += sum(g.n_tokens for g in generations)
+        for i, k in wanted[keys[p]]:
+            on_sample(i, Sample(generations[k].text, generations[k].n_tokens))
+
+    return list(chats.values()), done
 
 
 class OpenAIGenerator:
@@ -82,9 +119,13 @@ class OpenAIGenerator:
         self.client.run(bodies, lambda i, r: on_sample(i, r if isinstance(r, Failure) else Sample(r.text, r.completion_tokens)))
 
 
-def make_generator(spec: str, options: ClientOptions):
-    """``openai:<base_url>|<model>``, ``local:<model ref>``, or a bare model reference (local)."""
+def make_generator(spec: str, options: ClientOptions, engine: EngineConfig | None = None):
+    """``openai:<base_url>|<model>``, ``local:<model ref>``, ``vllm:<model ref>``, or a bare model
+    reference (on ``engine``)."""
     kind, _, rest = spec.partition(":")
     if kind == "openai":
         return OpenAIGenerator(*openai_endpoint(spec, "generator"), options)
-    return LocalGenerator(rest if kind == "local" else spec)
+    if kind not in ("local", "vllm"):
+        engine = engine or EngineConfig()
+        kind, rest = engine.resolved(), spec
+    return VLLMGenerator(rest, engine or EngineConfig()) if kind == "vllm" else LocalGenerator(rest)

@@ -18,7 +18,7 @@ def judgeable_prompts(prompts: list[PromptRecord], judge: str, source) -> list[P
     if not judgeable:
         raise ValueError(f"{source}: none of its {len(prompts)} prompts has verifiable instructions, so the default "
                          "judge cannot score their answers: set feedback.judge to rubric:<backend>, pairwise:<backend> "
-                         "or reward:<model ref> (a backend is local:<model ref> or openai:<base_url>|<model>)")
+                         "or reward:<model ref> (a backend is local:<model ref>, vllm:<model ref> or openai:<base_url>|<model>)")
     if len(judgeable) < len(prompts):
         print(f"feedback: {len(prompts) - len(judgeable)} of {len(prompts)} prompts have no verifiable instructions and "
               "are skipped by the verifiable judge (feedback.judge=rubric:... would score them)", flush=True)

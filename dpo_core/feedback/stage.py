@@ -13,7 +13,7 @@ by the next run, an answer that would not parse after the re-asks is not.
 Judges (``judge``): ``verifiable`` (the prompts' checkable instructions), ``rubric:<backend>``
 (UltraFeedback aspects, 1-5 with rationales), ``pairwise:<backend>`` (every two candidates, both
 orders) or ``reward:<model ref>`` (a sequence-classification reward model). A backend is
-``local:<model ref>`` or ``openai:<base_url>|<model>``.
+``local:<model ref>``, ``vllm:<model ref>`` or ``openai:<base_url>|<model>``.
 
 By default binarization follows Zephyr: the highest-scored answer is chosen and a random
 lower-scored one rejected; prompts whose answers all score the same carry no preference and are
@@ -61,7 +61,7 @@ def make_judge(cfg: FeedbackConfig):
         return VerifiableJudge()
     if kind == "reward":
         return RewardModelJudge(rest)
-    backend = make_backend(rest, cfg.client)
+    backend = make_backend(rest, cfg.client, cfg.engine)
     if kind == "rubric":
         return RubricJudge(backend, cfg.rubric_aspects, cfg.judge_max_retries, cfg.judge_max_new_tokens)
     return PairwiseJudge(backend, cfg.judge_max_retries, cfg.judge_max_new_tokens)
@@ -76,7 +76,7 @@ def collect_feedback(
     judgeable = judgeable_prompts(prompts, cfg.judge, prompts_path)
     # beside out_dir: runs of the stage with other settings (binarization, margin) share the items
     cache = ItemCache(Path(cfg.cache_path) if cfg.cache_path else out_dir.parent / "feedback-items.sqlite")
-    generators = [make_generator(spec, cfg.client) for spec in [model_ref, *cfg.generators]]
+    generators = [make_generator(spec, cfg.client, cfg.engine) for spec in [model_ref, *cfg.generators]]
     k = cfg.sampling.num_samples
     progress = _Progress(len(judgeable) * (len(generators) * k + 1), on_progress)
     set_aside: list[dict] = []

@@ -1,7 +1,7 @@
-"""Chat backends that judges (and candidate generation) talk to: a local transformers model, or
-any OpenAI-compatible server (vLLM, TGI, Ollama, llama.cpp server, hosted APIs).
+"""Chat backends that judges (and candidate generation) talk to: a local model run by transformers
+or by vLLM's engine, or any OpenAI-compatible server (vLLM, TGI, Ollama, llama.cpp server, hosted APIs).
 
-Both answer a list of conversations through ``run(conversations, max_new_tokens, on_done)``,
+All answer a list of conversations through ``run(conversations, max_new_tokens, on_done)``,
 which calls ``on_done(index, text or Failure)`` as each answer is ready (after its batch, for a
 local model; the moment its request returns, for a server), so callers store every finished
 item before the rest arrive. ``complete`` is the same as one list.
@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable
 
 from dpo_core.common.models import load_model, load_tokenizer, model_fingerprint, resolve_model
-from dpo_core.inference.config import ClientOptions, SamplingConfig, openai_endpoint
+from dpo_core.inference.config import ClientOptions, EngineConfig, SamplingConfig, openai_endpoint
 from dpo_core.inference.generation import generate
 from dpo_core.inference.openai_client import Failure, OpenAIClient, Usage
 
@@ -62,6 +62,35 @@ class LocalChat:
         return _collect(self, conversations, max_new_tokens)
 
 
+class VLLMChat:
+    """Greedy answers from vLLM's engine in this process (dpo_core.inference.vllm_engine)."""
+
+    def __init__(self, model_ref: str, engine: EngineConfig | None = None, name: str | None = None):
+        from dpo_core.inference.vllm_engine import engine_id
+
+        self.path, self.engine = resolve_model(model_ref), engine or EngineConfig()
+        self.name, self.cache_id = name or f"vllm:{model_ref}", engine_id(self.path, self.engine)
+        self.usage = Usage()
+
+    def run(self, conversations: list[list[dict]], max_new_tokens: int, on_done: Callable[[int, str | Failure], None]) -> None:
+        from dpo_core.inference.vllm_engine import vllm_engine
+
+        def done(i, generations):
+            self.usage.requests += 1
+            if isinstance(generations, Failure):
+                self.usage.failures += 1
+                on_done(i, generations)
+            else:
+                self.usage.completion_tokens += generations[0].n_tokens
+                on_done(i, generations[0].text)
+
+        vllm_engine(self.path, self.engine).generate(conversations, num_samples=1, temperature=0.0, top_p=1.0,
+                                                     max_new_tokens=max_new_tokens, seed=0, on_prompt=done)
+
+    def complete(self, conversations: list[list[dict]], max_new_tokens: int = 256) -> list[str]:
+        return _collect(self, conversations, max_new_tokens)
+
+
 def make_client(base_url: str, model: str, options: ClientOptions) -> OpenAIClient:
     """The client for one endpoint and model, its key read from ``options.api_key_env``."""
     return OpenAIClient(base_url, model, api_key=os.environ.get(options.api_key_env), timeout_s=options.timeout_s,
@@ -97,11 +126,14 @@ def _collect(backend, conversations, max_new_tokens) -> list[str]:
     return answers
 
 
-def make_backend(spec: str, options: ClientOptions | None = None):
-    """``local:<model ref>`` or ``openai:<base_url>|<model>`` (key from ``options.api_key_env``)."""
+def make_backend(spec: str, options: ClientOptions | None = None, engine: EngineConfig | None = None):
+    """``local:<model ref>``, ``vllm:<model ref>`` (run with ``engine``'s settings) or
+    ``openai:<base_url>|<model>`` (key from ``options.api_key_env``)."""
     kind, _, rest = spec.partition(":")
     if kind == "local":
         return LocalChat.from_ref(rest)
+    if kind == "vllm":
+        return VLLMChat(rest, engine)
     if kind == "openai":
         return OpenAIChat(*openai_endpoint(spec, "judge"), options)
-    raise ValueError(f"judge {spec!r}: use local:<model ref> or openai:<base_url>|<model>")
+    raise ValueError(f"judge {spec!r}: use local:<model ref>, vllm:<model ref> or openai:<base_url>|<model>")

@@ -1,0 +1,117 @@
+"""vLLM's offline engine, in the stage's own process: candidate sampling, evaluation answers and
+local judges (``vllm:<model ref>``, or any model the stage runs when its engine is vllm).
+
+Prompts are rendered with the model's chat template and tokenized exactly as the local backend
+does (dpo_core.common.chat.render_prompt) and handed to vLLM as token ids, so both engines see
+the same prompt, and generation stops at the same end-of-turn tokens. A prompt's K samples are
+one request with ``n=K`` (the prompt is prefilled once) and a seed, so the same settings draw the
+same samples. Answers come back one call of ``chunk_prompts`` prompts at a time, so a stage
+stores each call's answers before the next starts.
+
+One engine is kept per process: asking for another model shuts the previous one down first, so a
+stage that answers with several models (evaluation), or samples with one model and judges with
+another, holds one engine's memory at a time.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+from collections.abc import Callable
+
+from dpo_core.common.chat import render_prompt
+from dpo_core.common.models import compute_device, load_tokenizer, model_fingerprint
+from dpo_core.inference.config import EngineConfig
+from dpo_core.inference.generation import Generation
+from dpo_core.inference.openai_client import Failure
+
+_engine: VLLMEngine | None = None
+
+
+def vllm_engine(model_path: str, cfg: EngineConfig) -> VLLMEngine:
+    """The process's engine for ``model_path``, started (and the previous one shut down) if needed."""
+    global _engine
+    if _engine is not None and (_engine.path, _engine.cfg) == (model_path, cfg):
+        return _engine
+    release_engine()
+    _engine = VLLMEngine(model_path, cfg)
+    return _engine
+
+
+def release_engine() -> None:
+    """Shut the process's engine down and free its memory (before a transformers model loads)."""
+    global _engine
+    if _engine is not None:
+        _engine.shutdown()
+        _engine = None
+        gc.collect()
+
+
+def engine_id(model_path: str, cfg: EngineConfig) -> str:
+    """What vLLM's answers depend on, for cache keys: the weights and the dtype they ran in."""
+    return f"vllm[{cfg.dtype}]:{model_fingerprint(model_path)}"
+
+
+class VLLMEngine:
+    def __init__(self, model_path: str, cfg: EngineConfig):
+        from vllm import LLM  # the optional engine: imported only when a stage uses it
+
+        if cfg.data_parallel_size > 1:
+            raise ValueError(f"data_parallel_size={cfg.data_parallel_size}: vLLM's offline engine runs one replica; "
+                             "serve the model (python -m dpo_core.inference.serve) and use openai:<url>|<model>")
+        gpu = compute_device().type == "cuda"
+        if not gpu:  # vLLM's CPU backend sizes its KV cache from this variable, not from the utilization
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{cfg.cpu_kv_cache_gib:g}")
+        self.path, self.cfg = model_path, cfg
+        self.tokenizer = load_tokenizer(model_path)
+        self.stop_ids = _end_of_turn_ids(model_path, self.tokenizer)
+        started = time.perf_counter()
+        self.llm = LLM(model=model_path, tokenizer=model_path, dtype=cfg.dtype, seed=0, trust_remote_code=False,
+                       tensor_parallel_size=cfg.tensor_parallel_size, max_model_len=cfg.max_model_len,
+                       gpu_memory_utilization=cfg.gpu_memory_utilization or (0.85 if gpu else 0.15),
+                       enforce_eager=cfg.enforce_eager if cfg.enforce_eager is not None else not gpu,
+                       enable_prefix_caching=True)
+        self.startup_s = time.perf_counter() - started
+        self.max_len = self.llm.llm_engine.model_config.max_model_len
+
+    def generate(self, chats: list[list[dict]], *, num_samples: int, temperature: float, top_p: float,
+                 max_new_tokens: int, seed: int, on_prompt: Callable[[int, list[Generation] | Failure], None]) -> None:
+        """``num_samples`` answers to each chat; ``on_prompt(index, generations or Failure)`` hears of
+        each chat as its call returns. A prompt too long for the engine fails alone."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(n=num_samples, temperature=temperature, top_p=top_p if temperature > 0 else 1.0,
+                                max_tokens=max_new_tokens, seed=seed, stop_token_ids=self.stop_ids,
+                                skip_special_tokens=True)
+        ids = [self.tokenizer(render_prompt(self.tokenizer, c), add_special_tokens=False)["input_ids"] for c in chats]
+        fits = []
+        for i, prompt in enumerate(ids):
+            if len(prompt) >= self.max_len:
+                on_prompt(i, Failure(f"prompt of {len(prompt)} tokens: the engine's max_model_len is {self.max_len}"))
+            else:
+                fits.append(i)
+        for start in range(0, len(fits), self.cfg.chunk_prompts):
+            chunk = fits[start : start + self.cfg.chunk_prompts]
+            outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids[i]) for i in chunk], params, use_tqdm=False)
+            for i, out in zip(chunk, outputs, strict=True):
+                on_prompt(i, [Generation(o.text.strip(), len(o.token_ids)) for o in out.outputs])
+
+    def shutdown(self) -> None:
+        self.llm.llm_engine.engine_core.shutdown()  # stops the engine's own process, and its memory with it
+        del self.llm
+
+
+def _end_of_turn_ids(model_path: str, tokenizer) -> list[int]:
+    """The generation config's end-of-sequence ids plus the tokenizer's, as the local backend stops."""
+    from transformers import GenerationConfig
+
+    from dpo_core.inference.generation import eos_ids
+
+    try:
+        config = GenerationConfig.from_pretrained(model_path)
+    except OSError:  # a model folder without generation_config.json
+        config = GenerationConfig()
+    from types import SimpleNamespace
+    return eos_ids(SimpleNamespace(generation_config=config), tokenizer)
