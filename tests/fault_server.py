@@ -1,4 +1,4 @@
-"""The project's OpenAI-compatible server (dpo_core.inference.serve) on loopback, with injected faults and a
+"""A tiny model behind the OpenAI API (tests/chat_app.py) on loopback, with injected faults and a
 request log, for the feedback stage's tests.
 
     python tests/fault_server.py --model PATH --port N --log requests.jsonl \
@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dpo_core.inference.serve import create_app  # noqa: E402
+from chat_app import create_app  # noqa: E402
 
 
 class FaultsAndLog:

@@ -1,5 +1,6 @@
-"""The feedback stage against a real OpenAI-compatible server on loopback (dpo_core.inference.serve with a
-tiny model, behind injected faults): retries, set-asides, a kill mid-stage and a re-run."""
+"""The feedback stage against an OpenAI-compatible server on loopback (a tiny model behind injected faults,
+tests/fault_server.py): retries, set-asides, a kill mid-stage and a re-run. vLLM's own server is
+tested in tests/test_vllm.py."""
 
 from __future__ import annotations
 
@@ -206,49 +207,3 @@ def test_the_rate_limit_spaces_request_starts(server):
     assert time.monotonic() - started >= 5 / 4.0  # 6 starts, 0.25 s apart
     assert len(done) == 6 and all(isinstance(r, Reply) for r in done.values())
     assert client.usage.requests == 6 and client.usage.completion_tokens > 0
-
-
-def test_server_answers_out_of_range_sampling_with_a_400_not_a_500(tiny_model):
-    """A 500 would be retried by every client as a server fault; a value the sampler refuses is the
-    request's fault."""
-    from fastapi.testclient import TestClient
-
-    from dpo_core.inference.serve import create_app
-
-    client = TestClient(create_app(tiny_model), raise_server_exceptions=False)
-    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
-    assert client.post("/v1/chat/completions", json=body | {"temperature": 0.5}).status_code == 200
-    refused = client.post("/v1/chat/completions", json=body | {"temperature": 7.0})
-    assert refused.status_code == 400 and "temperature" in refused.json()["detail"]
-
-
-def test_server_counts_the_prompt_tokens_of_the_chat_template(tiny_model):
-    from fastapi.testclient import TestClient
-
-    from dpo_core.common.models import load_tokenizer
-    from dpo_core.inference.serve import create_app
-
-    client = TestClient(create_app(tiny_model))
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name three rivers of Europe."}]
-    usage = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 2}).json()["usage"]
-    template = load_tokenizer(tiny_model).apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                              return_dict=True)
-    assert usage["prompt_tokens"] == len(template["input_ids"]) > 10
-    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
-
-
-def test_server_samples_afresh_without_a_seed_and_repeats_with_one(tiny_model):
-    """OpenAI's contract: no seed, a new sample each time; an explicit seed (0 included) is honoured."""
-    from fastapi.testclient import TestClient
-
-    from dpo_core.inference.serve import create_app
-
-    client = TestClient(create_app(tiny_model))
-    body = {"messages": [{"role": "user", "content": "Tell me a story."}], "max_tokens": 12, "temperature": 1.0}
-
-    def answer(**extra) -> str:
-        return client.post("/v1/chat/completions", json=body | extra).json()["choices"][0]["message"]["content"]
-
-    assert answer() != answer()
-    assert answer(seed=0) == answer(seed=0) and answer(seed=7) == answer(seed=7)
-    assert answer(seed=0) != answer(seed=7)

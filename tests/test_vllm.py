@@ -104,6 +104,48 @@ def test_evaluate_on_vllm_with_a_vllm_judge(smol, tmp_path):
     assert result.judge_outputs_path and list(read_jsonl(result.judge_outputs_path))
 
 
+@pytest.fixture(scope="module")
+def served(smol):
+    """vLLM's OpenAI server on loopback, started as a stage starts it for data_parallel_size > 1."""
+    from dpo_core.inference.vllm_engine import ServedEngine
+
+    engine = ServedEngine(smol, EngineConfig(name="vllm", dtype="float32"))
+    yield engine
+    engine.shutdown()
+    assert engine.server.returncode is not None
+
+
+def test_the_served_engine_answers_as_the_offline_one(smol, served):
+    """Greedy answers through vLLM's server equal the offline engine's; K sampled answers per prompt
+    arrive together."""
+    chats = [p["messages"] for p in _shipped_prompts(6)]
+    offline, online, sampled = {}, {}, {}
+    greedy = {"num_samples": 1, "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 32, "seed": 0}
+    vllm_engine(smol, ENGINE).generate(chats, **greedy, on_prompt=lambda i, g: offline.__setitem__(i, g[0].text))
+    served.generate(chats, **greedy, on_prompt=lambda i, g: online.__setitem__(i, g[0].text))
+    assert online == offline
+    served.generate(chats, num_samples=3, temperature=1.0, top_p=1.0, max_new_tokens=16, seed=5,
+                    on_prompt=sampled.__setitem__)
+    assert sorted(sampled) == list(range(6)) and all(len(g) == 3 and all(x.n_tokens for x in g) for g in sampled.values())
+
+
+def test_feedback_with_a_generator_and_a_judge_on_vllms_server(served, tmp_path):
+    """A shared server as a second generator and as the rubric judge (openai:<url>|<model>)."""
+    spec = f"openai:{served.client.base_url}|model"
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", _shipped_prompts(4))
+    cfg = FeedbackConfig(engine=ENGINE, sampling=SAMPLING, generators=[spec], judge=f"rubric:{spec}",
+                         rubric_aspects=["helpfulness"], judge_max_new_tokens=96, judge_max_retries=1)
+    result = collect_feedback(cfg, EMBEDDED_DEFAULT, prompts, tmp_path / "out")
+    stats = result.stats
+    assert stats["generator_requests"] >= 4 * SAMPLING.num_samples  # the server's share: one request per sample
+    assert stats["judge_requests"] >= 4
+    candidates = list(read_jsonl(result.candidates_path))
+    judged = {c["prompt_id"] for c in candidates}
+    set_aside = list(read_jsonl(tmp_path / "out" / "set_aside.jsonl"))
+    assert len(judged) + len({r["prompt_id"] for r in set_aside}) >= 4  # every prompt judged or set aside with its reason
+    assert {c["model"] for c in candidates} <= {EMBEDDED_DEFAULT, served.client.name}
+
+
 def _feedback_config(cache: Path, engine: str = "vllm") -> FeedbackConfig:
     engine_cfg = ENGINE if engine == "vllm" else EngineConfig(name="local")
     return FeedbackConfig(engine=engine_cfg, sampling=SAMPLING, cache_path=str(cache))

@@ -1,94 +1,96 @@
-"""An OpenAI-compatible chat server for a local model: ``POST /v1/chat/completions`` and
-``GET /v1/models``, enough for this project's generators and judges.
+"""vLLM's OpenAI-compatible server for any model reference this project takes, for judges and
+generators shared across runs (``openai:http://host:8000/v1|<served name>``):
 
     python -m dpo_core.inference.serve --model embedded:smollm2-135m-instruct --port 8000
 
-It answers one request at a time, for development, tests and a small judge on one machine.
-vLLM or TGI serve production traffic through the same API, so nothing else changes.
+The reference is resolved as the stages resolve it (the embedded default is converted once), and
+vLLM's server is started on the folder with this machine's defaults (on a CPU: eager mode, a KV
+cache of ``--cpu-kv-cache-gib``). ``--data-parallel-size`` and ``--tensor-parallel-size`` are
+vLLM's own: replicas and splits across GPUs. Arguments after ``--`` go to vLLM unchanged.
 """
 
 from __future__ import annotations
 
 import argparse
-import random
-import threading
+import os
+import socket
+import subprocess
+import sys
 import time
-import uuid
+import urllib.request
 
-from fastapi import FastAPI, HTTPException
-from pydantic import BaseModel, Field
-
-from dpo_core.common.chat import render_prompt
-from dpo_core.common.models import load_model, load_tokenizer, resolve_model
-from dpo_core.inference.config import SamplingConfig
-from dpo_core.inference.generation import generate
-
-_fresh_seed = random.SystemRandom()  # untouched by whatever seeds the process's global generators
+from dpo_core.common.models import compute_device, resolve_model
+from dpo_core.inference.config import EngineConfig
 
 
-class Message(BaseModel):
-    role: str
-    content: str
+def vllm_server_command(model_ref: str, port: int, engine: EngineConfig, host: str = "127.0.0.1",
+                        served_name: str | None = None, extra: list[str] | None = None) -> tuple[list[str], dict]:
+    """The command line and environment that serve ``model_ref`` with vLLM's OpenAI server."""
+    gpu = compute_device().type == "cuda"
+    env = dict(os.environ)
+    if not gpu:
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{engine.cpu_kv_cache_gib:g}")
+    # the module, not the `vllm` console script: the script asks for the `vllm` distribution, which the CPU build
+    # (`vllm-cpu`) is not
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", resolve_model(model_ref),
+               "--served-model-name", served_name or model_ref, "--host", host, "--port", str(port),
+               "--dtype", engine.dtype, "--tensor-parallel-size", str(engine.tensor_parallel_size),
+               "--data-parallel-size", str(engine.data_parallel_size),
+               "--gpu-memory-utilization", str(engine.gpu_memory_utilization or (0.85 if gpu else 0.15))]
+    if engine.max_model_len:
+        command += ["--max-model-len", str(engine.max_model_len)]
+    if engine.enforce_eager if engine.enforce_eager is not None else not gpu:
+        command.append("--enforce-eager")
+    return command + list(extra or []), env
 
 
-class ChatRequest(BaseModel):
-    model: str | None = None
-    messages: list[Message] = Field(min_length=1)
-    max_tokens: int = Field(default=256, ge=1)
-    temperature: float = Field(default=1.0, ge=0.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    seed: int | None = None  # None: a fresh random seed; the same seed and settings give the same answer
-
-
-def create_app(model_ref: str, served_name: str | None = None) -> FastAPI:
-    path = resolve_model(model_ref)
-    model, tokenizer = load_model(path), load_tokenizer(path)
-    name = served_name or model_ref
-    lock = threading.Lock()  # one generate at a time: the model is not re-entrant
-    app = FastAPI(title=f"dpo-pipeline OpenAI-compatible server ({name})")
-
-    @app.get("/v1/models")
-    def models() -> dict:
-        return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "dpo-pipeline"}]}
-
-    @app.post("/v1/chat/completions")
-    def chat(request: ChatRequest) -> dict:
-        messages = [m.model_dump() for m in request.messages]
-        # without a seed, a fresh one per request: a fixed default would give every unseeded request
-        # (K samples of one prompt, say) the same answer
-        seed = _fresh_seed.randrange(2**31) if request.seed is None else request.seed
+def start_server(model_ref: str, port: int, engine: EngineConfig | None = None, timeout_s: float = 600,
+                 own_session: bool = True, **kwargs) -> subprocess.Popen:
+    """vLLM's server, returned once ``/v1/models`` answers: in its own process group, or with
+    ``own_session=False`` in the caller's (so killing the caller's group stops it)."""
+    command, env = vllm_server_command(model_ref, port, engine or EngineConfig(), **kwargs)
+    server = subprocess.Popen(command, env=env, start_new_session=own_session)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"vLLM's server for {model_ref!r} exited with {server.returncode} before it answered")
         try:
-            cfg = SamplingConfig(num_samples=1, max_new_tokens=request.max_tokens, temperature=request.temperature,
-                                 top_p=request.top_p, batch_size=1, seed=seed)
-        except ValueError as exc:  # out of the sampler's bounds: the request's fault, not worth a retry
-            raise HTTPException(status_code=400, detail=str(exc)) from None
-        with lock:
-            answer = generate(model, tokenizer, [messages], cfg)[0][0]
-        # the tokens generate() fed the model (apply_chat_template(tokenize=True) returns a dict of tensors)
-        prompt_tokens = len(tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"])
-        return {
-            "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-            "model": name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
-                         "finish_reason": "length" if answer.n_tokens >= request.max_tokens else "stop"}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": answer.n_tokens,
-                      "total_tokens": prompt_tokens + answer.n_tokens},
-        }
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2).close()
+            return server
+        except OSError:
+            time.sleep(1)
+    server.kill()
+    raise TimeoutError(f"vLLM's server for {model_ref!r} did not answer on port {port} within {timeout_s:.0f} s")
 
-    return app
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def main(argv: list[str] | None = None) -> None:
-    import uvicorn
-
+    argv = sys.argv[1:] if argv is None else argv
+    ours, extra = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     parser = argparse.ArgumentParser(prog="python -m dpo_core.inference.serve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="embedded:smollm2-135m-instruct")
     parser.add_argument("--served-name", help="the model name clients ask for (default: --model)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
-    args = parser.parse_args(argv)
-    uvicorn.run(create_app(args.model, args.served_name), host=args.host, port=args.port, log_level="warning")
+    defaults = EngineConfig()
+    parser.add_argument("--dtype", default=defaults.dtype)
+    parser.add_argument("--tensor-parallel-size", type=int, default=defaults.tensor_parallel_size)
+    parser.add_argument("--data-parallel-size", type=int, default=defaults.data_parallel_size)
+    parser.add_argument("--gpu-memory-utilization", type=float)
+    parser.add_argument("--cpu-kv-cache-gib", type=float, default=defaults.cpu_kv_cache_gib)
+    parser.add_argument("--max-model-len", type=int)
+    args = parser.parse_args(ours)
+    engine = EngineConfig(name="vllm", dtype=args.dtype, tensor_parallel_size=args.tensor_parallel_size,
+                          data_parallel_size=args.data_parallel_size, gpu_memory_utilization=args.gpu_memory_utilization,
+                          cpu_kv_cache_gib=args.cpu_kv_cache_gib, max_model_len=args.max_model_len)
+    command, env = vllm_server_command(args.model, args.port, engine, args.host, args.served_name, extra)
+    os.execve(command[0], command, env)  # vLLM's server takes this process over: signals reach it directly
 
 
 if __name__ == "__main__":

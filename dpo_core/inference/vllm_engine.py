@@ -11,6 +11,10 @@ stores each call's answers before the next starts.
 One engine is kept per process: asking for another model shuts the previous one down first, so a
 stage that answers with several models (evaluation), or samples with one model and judges with
 another, holds one engine's memory at a time.
+
+vLLM's offline engine runs one replica per process, so with ``data_parallel_size`` above 1 the
+model is served instead by vLLM's own server (dpo_core.inference.serve) on loopback, in the
+stage's process group (a cancelled stage takes it down), and reached through the OpenAI client.
 """
 
 from __future__ import annotations
@@ -26,16 +30,16 @@ from dpo_core.inference.config import EngineConfig
 from dpo_core.inference.generation import Generation
 from dpo_core.inference.openai_client import Failure
 
-_engine: VLLMEngine | None = None
+_engine: VLLMEngine | ServedEngine | None = None
 
 
-def vllm_engine(model_path: str, cfg: EngineConfig) -> VLLMEngine:
+def vllm_engine(model_path: str, cfg: EngineConfig) -> VLLMEngine | ServedEngine:
     """The process's engine for ``model_path``, started (and the previous one shut down) if needed."""
     global _engine
     if _engine is not None and (_engine.path, _engine.cfg) == (model_path, cfg):
         return _engine
     release_engine()
-    _engine = VLLMEngine(model_path, cfg)
+    _engine = (ServedEngine if cfg.data_parallel_size > 1 else VLLMEngine)(model_path, cfg)
     return _engine
 
 
@@ -57,9 +61,6 @@ class VLLMEngine:
     def __init__(self, model_path: str, cfg: EngineConfig):
         from vllm import LLM  # the optional engine: imported only when a stage uses it
 
-        if cfg.data_parallel_size > 1:
-            raise ValueError(f"data_parallel_size={cfg.data_parallel_size}: vLLM's offline engine runs one replica; "
-                             "serve the model (python -m dpo_core.inference.serve) and use openai:<url>|<model>")
         gpu = compute_device().type == "cuda"
         if not gpu:  # vLLM's CPU backend sizes its KV cache from this variable, not from the utilization
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{cfg.cpu_kv_cache_gib:g}")
@@ -101,6 +102,48 @@ class VLLMEngine:
     def shutdown(self) -> None:
         self.llm.llm_engine.engine_core.shutdown()  # stops the engine's own process, and its memory with it
         del self.llm
+
+
+class ServedEngine:
+    """``data_parallel_size`` replicas behind vLLM's server on loopback, with ``VLLMEngine.generate``'s
+    interface: a prompt's K samples are K requests seeded ``seed + k``."""
+
+    def __init__(self, model_path: str, cfg: EngineConfig):
+        from dpo_core.inference.backends import make_client
+        from dpo_core.inference.config import ClientOptions
+        from dpo_core.inference.serve import free_port, start_server
+
+        self.path, self.cfg = model_path, cfg
+        port = free_port()
+        started = time.perf_counter()
+        self.server = start_server(model_path, port, cfg, own_session=False, served_name="model")
+        self.startup_s = time.perf_counter() - started
+        self.client = make_client(f"http://127.0.0.1:{port}/v1", "model",
+                                  ClientOptions(concurrency=64 * cfg.data_parallel_size, timeout_s=600))
+
+    def generate(self, chats: list[list[dict]], *, num_samples: int, temperature: float, top_p: float,
+                 max_new_tokens: int, seed: int, on_prompt: Callable[[int, list[Generation] | Failure], None]) -> None:
+        bodies = [{"messages": chat, "max_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
+                   "seed": seed + k} for chat in chats for k in range(num_samples)]
+        answers: dict[int, list] = {i: [None] * num_samples for i in range(len(chats))}
+
+        def done(j, reply):
+            i, k = divmod(j, num_samples)
+            if answers.get(i) is None:
+                return  # a sample of this prompt failed already
+            if isinstance(reply, Failure):
+                answers[i] = None
+                on_prompt(i, reply)
+                return
+            answers[i][k] = Generation(reply.text.strip(), reply.completion_tokens)
+            if all(answers[i]):
+                on_prompt(i, answers[i])
+
+        self.client.run(bodies, done)
+
+    def shutdown(self) -> None:
+        self.server.terminate()
+        self.server.wait(timeout=60)
 
 
 def _end_of_turn_ids(model_path: str, tokenizer) -> list[int]:
