@@ -58,6 +58,18 @@ def test_greedy_answers_match_the_local_backend_on_most_prompts(smol):
     assert same >= 12, [(answers[i], local[i][0].text) for i in range(len(chats)) if answers[i] != local[i][0].text]
 
 
+def test_sampling_prompts_that_chunked_prefill_splits(smol):
+    """8 prompts of ~1,500 tokens are more than one engine step's token budget (4096), so vLLM
+    splits a prefill: a seeded request then crashed vLLM 0.32's CPU backend (the demo's feedback
+    stage did, 64 prompts x 4 samples)."""
+    long = "Summarise the following notes in one sentence. " + "The river rose overnight and the bridge closed. " * 150
+    chats = [[{"role": "user", "content": f"{i}. {long}"}] for i in range(8)]
+    got = {}
+    vllm_engine(smol, ENGINE).generate(chats, num_samples=2, temperature=0.9, top_p=0.95, max_new_tokens=4, seed=3,
+                                       on_prompt=got.__setitem__)
+    assert sorted(got) == list(range(8)) and all(len(g) == 2 and g[0].n_tokens for g in got.values())
+
+
 def test_feedback_on_vllm_keeps_every_stored_sample_across_a_kill(smol, tmp_path):
     """A stage killed after its first engine call stored that call's samples; the rerun asks the
     engine only for the prompts left, and writes the same record format as the local engine."""
