@@ -30,7 +30,7 @@ from dpo_core.inference.vllm_engine import release_engine, vllm_engine
 @torch.inference_mode()
 def one_at_a_time(model, tokenizer, chats, max_new_tokens) -> list[tuple[str, int]]:
     """The baseline: ``model.generate`` on each prompt alone, no padding."""
-    eos = eos_ids(model, tokenizer)
+    eos = eos_ids(model.generation_config, tokenizer)
     out = []
     for chat in chats:
         ids = tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
@@ -51,7 +51,7 @@ def main() -> None:
     args = parser.parse_args()
 
     path = resolve_model(args.model)
-    model, tokenizer = load_model(path).eval(), load_tokenizer(path)
+    model, tokenizer = load_model(path, inference=True).eval(), load_tokenizer(path)
     chats = [[{"role": "user", "content": r["prompt"]}] for r in read_jsonl(INSTRUCTION_SET_PATH)][: args.prompts]
     cfg = SamplingConfig(num_samples=1, temperature=0.0, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     one_at_a_time(model, tokenizer, chats[:1], 4)  # warm-up, untimed

@@ -38,7 +38,7 @@ class ChatRequest(BaseModel):
 
 def create_app(model_ref: str, served_name: str | None = None) -> FastAPI:
     path = resolve_model(model_ref)
-    model, tokenizer = load_model(path), load_tokenizer(path)
+    model, tokenizer = load_model(path, inference=True), load_tokenizer(path)
     name = served_name or model_ref
     lock = threading.Lock()  # one generate at a time: the model is not re-entrant
     app = FastAPI(title=f"dpo-pipeline OpenAI-compatible server ({name})")

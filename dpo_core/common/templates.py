@@ -102,7 +102,7 @@ def apply_chat_template_setting(model_ref: str, chat_template: str | None) -> st
     if pad not in vocab:
         _add_special(tokenizer, [pad])
 
-    model = load_model(path, dtype="auto")
+    model = load_model(path, dtype="auto", device="cpu")  # converted and saved, never run
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # never shrink a vocabulary padded for speed
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     set_turn_tokens(tokenizer, model, end_of_turn, pad)

@@ -61,7 +61,7 @@ def evaluate(cfg: EvalConfig, models: dict[str, str], eval_path: Path, out_dir: 
         if pairs or cfg.lm_eval_tasks:  # transformers computes these: vLLM's engine gives its memory back first
             release_engine()
             model, tokenizer = (chat.model, chat.tokenizer) if isinstance(chat, LocalChat) else \
-                (load_model(path), load_tokenizer(path))
+                (load_model(path, inference=True), load_tokenizer(path))
             if pairs:
                 pair_logps[label] = summed_logps(model, tokenizer, pairs, 512, cfg.batch_size)
                 scores[label]["perplexity"] = perplexity(*pair_logps[label])
@@ -101,7 +101,7 @@ def _answerer(cfg: EvalConfig, path: str, label: str) -> LocalChat | VLLMChat:
     """Greedy answers from the model at ``path`` on the configured engine."""
     if cfg.engine.resolved() == "vllm":
         return VLLMChat(path, cfg.engine, label)
-    return LocalChat(load_model(path), load_tokenizer(path), label, cfg.batch_size)
+    return LocalChat(load_model(path, inference=True), load_tokenizer(path), label, cfg.batch_size)
 
 
 def _judge(cfg: EvalConfig, prompts, answers, baselines, questions, mt_answers, scores, per_prompt) -> list[dict]:

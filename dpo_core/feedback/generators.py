@@ -51,7 +51,7 @@ class LocalGenerator:
             return
         if self._loaded is None:
             path = resolve_model(self.model_ref)
-            self._loaded = load_model(path), load_tokenizer(path)
+            self._loaded = load_model(path, inference=True), load_tokenizer(path)
         chats, done = _by_chat(requests, self.usage, on_sample)
         generate(*self._loaded, chats, sampling, on_prompt=done)
 

@@ -46,7 +46,7 @@ class LocalChat:
     @classmethod
     def from_ref(cls, model_ref: str) -> LocalChat:
         path = resolve_model(model_ref)
-        return cls(load_model(path), load_tokenizer(path), f"local:{model_ref}", cache_id=local_model_id(path))
+        return cls(load_model(path, inference=True), load_tokenizer(path), f"local:{model_ref}", cache_id=local_model_id(path))
 
     def run(self, conversations: list[list[dict]], max_new_tokens: int, on_done: Callable[[int, str | Failure], None]) -> None:
         cfg = SamplingConfig(num_samples=1, temperature=0.0, max_new_tokens=max_new_tokens, batch_size=self.batch_size)

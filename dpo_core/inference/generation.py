@@ -40,7 +40,7 @@ def generate(
     lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
     order = sorted(range(len(texts)), key=lambda i: lengths[i])
     results: list[list[Generation]] = [[] for _ in texts]
-    eos = eos_ids(model, tokenizer)
+    eos = eos_ids(model.generation_config, tokenizer)
     tokenizer.padding_side = "left"
     for b, start in enumerate(range(0, len(order), cfg.batch_size)):
         idx = order[start : start + cfg.batch_size]
@@ -85,8 +85,9 @@ def _prefill_once(model, ids: torch.Tensor, mask: torch.Tensor, repeats: int) ->
     return cache
 
 
-def eos_ids(model, tokenizer) -> list[int]:
-    ids = model.generation_config.eos_token_id
+def eos_ids(generation_config, tokenizer) -> list[int]:
+    """Where an answer ends: the generation config's end-of-sequence ids plus the tokenizer's."""
+    ids = generation_config.eos_token_id
     ids = [ids] if isinstance(ids, int) else list(ids or [])
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
         ids.append(tokenizer.eos_token_id)

@@ -24,10 +24,12 @@ import os
 import time
 from collections.abc import Callable
 
+from transformers import GenerationConfig
+
 from dpo_core.common.chat import render_prompt
 from dpo_core.common.models import compute_device, load_tokenizer, model_fingerprint
 from dpo_core.inference.config import EngineConfig
-from dpo_core.inference.generation import Generation
+from dpo_core.inference.generation import Generation, eos_ids
 from dpo_core.inference.openai_client import Failure
 
 _engine: VLLMEngine | ServedEngine | None = None
@@ -152,13 +154,8 @@ class ServedEngine:
 
 def _end_of_turn_ids(model_path: str, tokenizer) -> list[int]:
     """The generation config's end-of-sequence ids plus the tokenizer's, as the local backend stops."""
-    from transformers import GenerationConfig
-
-    from dpo_core.inference.generation import eos_ids
-
     try:
         config = GenerationConfig.from_pretrained(model_path)
     except OSError:  # a model folder without generation_config.json
         config = GenerationConfig()
-    from types import SimpleNamespace
-    return eos_ids(SimpleNamespace(generation_config=config), tokenizer)
+    return eos_ids(config, tokenizer)

@@ -3,7 +3,8 @@ with one logit (e.g. a Skywork or ArmoRM-style reward model, or one trained here
 
 The candidate's score is the sigmoid of the reward, a monotone map into [0, 1] that keeps the
 ranking (the Bradley-Terry probability of beating a zero-reward answer); the raw reward is kept
-beside it. Chats are rendered with the reward model's own chat template.
+beside it. Chats are rendered with the reward model's own chat template. The model runs where
+``load_model`` places it, in bf16 on a GPU that has it (rewards are read in float32).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import math
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from dpo_core.common.models import load_tokenizer, resolve_model
+from dpo_core.common.models import load_model, load_tokenizer, resolve_model
 from dpo_core.inference.backends import local_model_id
 from dpo_core.judges.verdicts import Verdict
 
@@ -22,8 +23,8 @@ class RewardModelJudge:
     def __init__(self, model_ref: str, batch_size: int = 8, max_length: int = 1024, trust_remote_code: bool = False):
         path = resolve_model(model_ref)
         self.tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            path, dtype=torch.float32, use_safetensors=True, trust_remote_code=trust_remote_code).eval()
+        self.model = load_model(path, trust_remote_code=trust_remote_code, inference=True,
+                                auto_class=AutoModelForSequenceClassification).eval()
         if self.model.config.num_labels != 1:
             raise ValueError(f"reward model {model_ref}: expected one output logit, found {self.model.config.num_labels}")
         if self.model.config.pad_token_id is None:
@@ -39,7 +40,7 @@ class RewardModelJudge:
         for s in range(0, len(chats), self.batch_size):
             texts = [self.tokenizer.apply_chat_template(c, tokenize=False) for c in chats[s : s + self.batch_size]]
             enc = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=self.max_length,
-                                 add_special_tokens=False)
+                                 add_special_tokens=False).to(self.model.device)
             out += self.model(**enc).logits[:, 0].float().tolist()
         return out
 

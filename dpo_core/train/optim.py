@@ -53,19 +53,21 @@ class StepInBackward:
     def __init__(self, params: list[torch.nn.Parameter], lr: float):
         self.optimizers = [_adamw([p], lr) for p in params]
         self.lead = self.optimizers[0]
-        self._squared_norm = torch.zeros((), dtype=torch.float64)
+        # summed on the parameters' device: a .cpu() per parameter would wait for the GPU each time
+        self._squared_norm = torch.zeros((), dtype=torch.float64, device=params[0].device)
         self._hooks = [param.register_post_accumulate_grad_hook(functools.partial(self._apply, optimizer))
                        for param, optimizer in zip(params, self.optimizers, strict=True)]
 
     def _apply(self, optimizer: torch.optim.AdamW, param: torch.Tensor) -> None:
-        self._squared_norm += torch.linalg.vector_norm(param.grad.detach()).double().cpu() ** 2
+        squared = torch.linalg.vector_norm(param.grad.detach()).double() ** 2
+        self._squared_norm += squared.to(self._squared_norm.device)  # a no-op unless the model spans devices
         optimizer.param_groups[0]["lr"] = self.lead.param_groups[0]["lr"]  # the scheduler moves the lead's
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
     def step(self) -> float:
         """The updates already happened in backward; return the global norm they had."""
-        norm = float(self._squared_norm.sqrt())
+        norm = float(self._squared_norm.sqrt())  # the step's one wait for the device
         self._squared_norm.zero_()
         return norm
 

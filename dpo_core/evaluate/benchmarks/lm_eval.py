@@ -14,6 +14,8 @@ def run(model, tokenizer, tasks: list[str], limit: int | None = None) -> dict[st
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
+    # HFLM runs an already built model where it is (ignoring its own device argument) and moves its
+    # inputs to model.device: where load_model placed it
     results = lm_eval.simple_evaluate(model=HFLM(pretrained=model, tokenizer=tokenizer), tasks=tasks, limit=limit)
     return {f"lm_eval/{task}/{metric.split(',')[0]}": float(value)
             for task, metrics in results["results"].items() for metric, value in metrics.items()

@@ -8,15 +8,24 @@ import torch
 
 from dpo_core.common.chat import encode
 from dpo_core.common.records import PreferencePair
-from dpo_core.train.dpo.reference import compute_reference_logps
+from dpo_core.train.batching import collate, to_device
+from dpo_core.train.dpo.reference import pair_logps
 
 
+@torch.no_grad()
 def summed_logps(model, tokenizer, pairs: list[PreferencePair], max_length: int, batch_size: int):
-    """(N, 2) summed log-probs of [chosen, rejected] and (N, 2) answer lengths."""
+    """(N, 2) summed log-probs of [chosen, rejected] and (N, 2) answer lengths, on the CPU. Each
+    batch runs on ``model.device``, wherever ``load_model`` placed the model (the evaluate stage is
+    one process: the training device and its sharding over processes are not this stage's)."""
     examples = [encode(tokenizer, p.prompt, [p.chosen[0]["content"], p.rejected[0]["content"]], max_length)
                 for p in pairs]
     lengths = torch.tensor([[len(a) for a in answers] for _, answers in examples])
-    return compute_reference_logps(model, examples, tokenizer.pad_token_id, batch_size), lengths
+    model.eval()
+    rows = []
+    for s in range(0, len(examples), batch_size):
+        batch = to_device(collate(examples[s : s + batch_size], tokenizer.pad_token_id), model.device)
+        rows.append(pair_logps(model, batch).float().cpu())
+    return torch.cat(rows) if rows else torch.zeros(0, 2), lengths
 
 
 def preference_accuracy(policy_logps: torch.Tensor, reference_logps: torch.Tensor, beta: float) -> dict[str, float]:
