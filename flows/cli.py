@@ -75,7 +75,8 @@ def _add_config_options(group, prefix: str, config) -> None:
             continue
         info = type(config).__pydantic_fields__[field.name]
         group.add_argument(f"--{prefix}.{field.name}", dest=f"{prefix}.{field.name}", metavar="VALUE", type=_value,
-                           default=argparse.SUPPRESS, help=f"{info.description or ''} (default: {json.dumps(value)})")
+                           default=argparse.SUPPRESS,  # argparse formats help with %: a literal one is %%
+                           help=f"{info.description or ''} (default: {json.dumps(value)})".replace("%", "%%"))
 
 
 def _args_section(doc: str) -> dict[str, str]:
