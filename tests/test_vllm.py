@@ -59,15 +59,21 @@ def test_greedy_answers_match_the_local_backend_on_most_prompts(smol):
 
 
 def test_sampling_prompts_that_chunked_prefill_splits(smol):
-    """8 prompts of ~1,500 tokens are more than one engine step's token budget (4096), so vLLM
-    splits a prefill: a seeded request then crashed vLLM 0.32's CPU backend (the demo's feedback
-    stage did, 64 prompts x 4 samples)."""
+    """8 prompts of ~1,500 tokens are more than one engine step's token budget (4096): vLLM 0.32's
+    CPU backend crashed on a seeded request whose prefill chunked prefill split (the demo's
+    feedback stage did, 64 prompts x 4 samples), so prefills are whole on a CPU. The same seed
+    draws the same samples again."""
     long = "Summarise the following notes in one sentence. " + "The river rose overnight and the bridge closed. " * 150
     chats = [[{"role": "user", "content": f"{i}. {long}"}] for i in range(8)]
-    got = {}
-    vllm_engine(smol, ENGINE).generate(chats, num_samples=2, temperature=0.9, top_p=0.95, max_new_tokens=4, seed=3,
-                                       on_prompt=got.__setitem__)
-    assert sorted(got) == list(range(8)) and all(len(g) == 2 and g[0].n_tokens for g in got.values())
+    draws = []
+    for _ in range(2):  # the same seed draws the same samples
+        got = {}
+        vllm_engine(smol, ENGINE).generate(chats, num_samples=2, temperature=1.2, top_p=1.0,
+                                           max_new_tokens=8, seed=11, on_prompt=got.__setitem__)
+        assert sorted(got) == list(range(8)) and all(len(g) == 2 and g[0].n_tokens for g in got.values())
+        draws.append({i: [x.text for x in g] for i, g in got.items()})
+    assert draws[0] == draws[1]
+    assert any(a != b for a, b in draws[0].values())  # sampled: a prompt's two answers differ somewhere
 
 
 def test_feedback_on_vllm_keeps_every_stored_sample_across_a_kill(smol, tmp_path):

@@ -41,6 +41,8 @@ def vllm_server_command(model_ref: str, port: int, engine: EngineConfig, host: s
         command += ["--max-model-len", str(engine.max_model_len)]
     if engine.enforce_eager if engine.enforce_eager is not None else not gpu:
         command.append("--enforce-eager")
+    if not gpu:  # whole prefills: vLLM 0.32's CPU backend crashes on a seeded request whose prefill it splits
+        command.append("--no-enable-chunked-prefill")
     return command + list(extra or []), env
 
 

@@ -4,9 +4,9 @@ local judges (``vllm:<model ref>``, or any model the stage runs when its engine 
 Prompts are rendered with the model's chat template and tokenized exactly as the local backend
 does (dpo_core.common.chat.render_prompt) and handed to vLLM as token ids, so both engines see
 the same prompt, and generation stops at the same end-of-turn tokens. A prompt's K samples are
-one request with ``n=K`` (the prompt is prefilled once), seeded on a GPU. Answers come back one
-call of ``chunk_prompts`` prompts at a time, so a stage stores each call's answers before the
-next starts.
+one request with ``n=K`` (the prompt is prefilled once) and the sampling seed, so the same
+settings draw the same samples. Answers come back one call of ``chunk_prompts`` prompts at a time,
+so a stage stores each call's answers before the next starts.
 
 One engine is kept per process: asking for another model shuts the previous one down first, so a
 stage that answers with several models (evaluation), or samples with one model and judges with
@@ -66,7 +66,7 @@ class VLLMEngine:
         gpu = compute_device().type == "cuda"
         if not gpu:  # vLLM's CPU backend sizes its KV cache from this variable, not from the utilization
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{cfg.cpu_kv_cache_gib:g}")
-        self.path, self.cfg, self.gpu = model_path, cfg, gpu
+        self.path, self.cfg = model_path, cfg
         self.tokenizer = load_tokenizer(model_path)
         self.stop_ids = _end_of_turn_ids(model_path, self.tokenizer)
         started = time.perf_counter()
@@ -74,7 +74,10 @@ class VLLMEngine:
                        tensor_parallel_size=cfg.tensor_parallel_size, max_model_len=cfg.max_model_len,
                        gpu_memory_utilization=cfg.gpu_memory_utilization or (0.85 if gpu else 0.15),
                        enforce_eager=cfg.enforce_eager if cfg.enforce_eager is not None else not gpu,
-                       enable_prefix_caching=True)
+                       enable_prefix_caching=True,
+                       # vLLM 0.32's CPU backend crashes rewinding a seeded request's generator when chunked
+                       # prefill splits its prompt ("CPU Generator does not use offset"): whole prefills there
+                       enable_chunked_prefill=gpu)
         self.startup_s = time.perf_counter() - started
         self.max_len = self.llm.llm_engine.model_config.max_model_len
 
@@ -85,12 +88,8 @@ class VLLMEngine:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        # A seeded request gets a generator of its own, which vLLM 0.32's CPU backend rewinds, and fails on
-        # ("CPU Generator does not use offset"), whenever chunked prefill splits a prompt: seeds on GPUs only
-        # (on a CPU the item cache is what gives a re-run the same samples). Greedy answers need none.
-        seeded = temperature > 0 and self.gpu
         params = SamplingParams(n=num_samples, temperature=temperature, top_p=top_p if temperature > 0 else 1.0,
-                                max_tokens=max_new_tokens, seed=seed if seeded else None,
+                                max_tokens=max_new_tokens, seed=seed if temperature > 0 else None,
                                 stop_token_ids=self.stop_ids, skip_special_tokens=True)
         ids = [self.tokenizer(render_prompt(self.tokenizer, c), add_special_tokens=False)["input_ids"] for c in chats]
         fits = []
