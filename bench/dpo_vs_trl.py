@@ -1,7 +1,7 @@
 """This project's DPO trainer against TRL's DPOTrainer: same model, pairs, batch size, machine.
 
     python bench/dpo_vs_trl.py --model embedded:smollm2-135m-instruct --steps 8 --batch-size 4 [--lora]
-        [--optimizer-in-backward]
+        [--optimizer-in-backward] [--precision {fp32,bf16}]
 
 Each side runs in its own child process (so each peak-memory figure is that side's alone) on the
 same ``steps * batch_size`` pairs, one epoch, same learning rate and schedule. Prints one JSON line:
@@ -10,7 +10,9 @@ memory, their ratios (ours / TRL), and both per-step losses. Timed on each side:
 pass plus the training loop (ours: ``reference_runtime + train_runtime``; TRL: ``trainer.train()``,
 which runs the reference inside its steps); model loading, tokenization and saving are not timed.
 ``--optimizer-in-backward`` turns on ours' in-backward AdamW, which cannot clip by the global
-norm, so both sides then run without clipping (TRL: ``max_grad_norm=0``).
+norm, so both sides then run without clipping (TRL: ``max_grad_norm=0``). ``--precision`` runs both
+sides in it: fp32, or bf16 autocast over fp32 weights (ours: ``precision="bf16"``; TRL: ``bf16=True``),
+so the ratio stays like for like on a CPU with bf16 matrix units (AVX512_BF16, AMX) too.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ def run_ours(args, pairs: Path, out: Path) -> dict:
 
     cfg = DPOConfig(lora=args.lora, learning_rate=args.lr, batch_size=args.batch_size, max_steps=args.steps,
                     warmup_ratio=0.0, scheduler="linear", optimizer_in_backward=args.optimizer_in_backward,
-                    max_grad_norm=0.0 if args.optimizer_in_backward else 1.0)
+                    max_grad_norm=0.0 if args.optimizer_in_backward else 1.0, precision=args.precision)
     result = train_dpo(cfg, args.model, [pairs], out)
     seconds = result.metrics["reference_runtime"] + result.metrics["train_runtime"]
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -72,7 +74,8 @@ def run_trl(args, pairs: Path, out: Path) -> dict:
     rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in read_jsonl(pairs)]
     trl_args = TRLConfig(output_dir=str(out), learning_rate=args.lr, per_device_train_batch_size=args.batch_size,
                          max_steps=args.steps, lr_scheduler_type="linear", warmup_steps=0, logging_steps=1,
-                         report_to=[], use_cpu=True, save_strategy="no", bf16=False, max_length=512, seed=0,
+                         report_to=[], use_cpu=True, save_strategy="no", bf16=args.precision == "bf16",
+                         max_length=512, seed=0,
                          max_grad_norm=0.0 if args.optimizer_in_backward else 1.0)
     peft = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
                       task_type="CAUSAL_LM") if args.lora else None
@@ -102,6 +105,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-6)
     parser.add_argument("--optimizer-in-backward", action="store_true",
                         help="ours: AdamW applied inside backward; both sides: no gradient clipping")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="both sides: fp32, or bf16 autocast over fp32 weights (TRL: bf16=True)")
     parser.add_argument("--side", choices=["ours", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -113,7 +118,8 @@ def main() -> None:
         results = {}
         for side in ("ours", "trl"):
             cmd = [sys.executable, __file__, "--side", side, "--workdir", work, "--model", args.model,
-                   "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr", str(args.lr)]
+                   "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
+                   "--precision", args.precision]
             cmd += ["--lora"] if args.lora else []
             cmd += ["--optimizer-in-backward"] if args.optimizer_in_backward else []
             out = subprocess.run(cmd, capture_output=True, text=True)
@@ -126,7 +132,7 @@ def main() -> None:
         r["tokens_per_s"] = r["tokens"] / r["seconds"]
     print(json.dumps({
         "model": args.model, "steps": args.steps, "batch_size": args.batch_size, "lora": args.lora,
-        "optimizer_in_backward": args.optimizer_in_backward,
+        "optimizer_in_backward": args.optimizer_in_backward, "precision": args.precision,
         "ours": {k: ours[k] for k in ("tokens_per_s", "peak_rss_gb", "tokens", "seconds")},
         "trl": {k: trl[k] for k in ("tokens_per_s", "peak_rss_gb", "tokens", "seconds")},
         "speedup_tokens_per_s": ours["tokens_per_s"] / trl["tokens_per_s"],

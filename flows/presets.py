@@ -1,6 +1,8 @@
 """Named parameter sets for the lifecycle flow.
 
 ``CPU_DEMO`` is the default: SmolLM2-135M-Instruct on 2 CPU cores in well under 30 minutes.
+The GPU presets (7b-one-gpu, 7b-multi-gpu, 7b-full-fsdp) are deployments' parameters in
+``deployments/prefect.yaml``.
 """
 
 from __future__ import annotations

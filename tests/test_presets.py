@@ -21,16 +21,37 @@ def test_preset_parameters_validate_against_the_flow(deployment):
     assert validated["model"] == deployment["parameters"]["model"]
 
 
+def global_batch(p: dict) -> int:
+    return p["batch_size"] * p.get("grad_accum", 1) * p.get("num_processes", 1)
+
+
 def test_multi_gpu_preset_trains_data_parallel_with_the_one_gpu_global_batch():
     by_name = {d["name"]: d["parameters"] for d in PRESETS}
     one, many = by_name["7b-one-gpu"], by_name["7b-multi-gpu"]
     for stage in ("sft", "dpo"):
         assert many[stage]["num_processes"] > 1
-
-        def global_batch(p):
-            return p["batch_size"] * p.get("grad_accum", 1) * p.get("num_processes", 1)
-
         assert global_batch(many[stage]) == global_batch(one[stage])
+
+
+def test_full_fsdp_preset_is_zephyrs_recipe_sharded_over_8_gpus():
+    """alignment-handbook zephyr-7b-beta: DPO at beta 0.01, lr 5e-7, 1 epoch, global batch 128;
+    full fine-tunes in bf16, here sharded by FSDP over 8 processes, one per GPU."""
+    flow = load_flow_from_entrypoint("flows/lifecycle.py:lifecycle")
+    preset = {d["name"]: d["parameters"] for d in PRESETS}["7b-full-fsdp"]
+    validated = flow.validate_parameters(preset)
+    for stage in ("sft", "dpo"):
+        cfg = validated[stage]
+        assert (cfg.lora, cfg.sharding, cfg.num_processes, cfg.precision, cfg.epochs) == (False, "fsdp", 8, "bf16", 1)
+        assert global_batch(preset[stage]) == 128
+    assert (validated["dpo"].beta, validated["dpo"].learning_rate) == (0.01, 5e-7)
+    assert validated["sft"].learning_rate == 2e-5
+
+
+def test_gpu_presets_generate_with_vllm():
+    for name in ("7b-one-gpu", "7b-multi-gpu", "7b-full-fsdp"):
+        validated = load_flow_from_entrypoint("flows/lifecycle.py:lifecycle").validate_parameters(
+            {d["name"]: d["parameters"] for d in PRESETS}[name])
+        assert validated["feedback"].engine.name == validated["evaluation"].engine.name == "vllm", name
 
 
 def test_a_bad_preset_value_is_refused():

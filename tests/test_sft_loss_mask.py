@@ -57,7 +57,7 @@ def test_the_logged_sft_loss_counts_only_assistant_tokens(tiny_model, tmp_path):
     the model over both conversations: the step's token count holds assistant tokens only."""
     chats = write_jsonl(tmp_path / "chats.jsonl", [{"id": "two", "messages": CONVERSATION},
                                                    {"id": "one", "messages": ONE_TURN}])
-    cfg = SFTConfig(sources=["conversations"], lora=False, max_steps=1, batch_size=1, grad_accum=2)
+    cfg = SFTConfig(sources=["conversations"], lora=False, max_steps=1, batch_size=1, grad_accum=2, precision="fp32")
     train_sft(cfg, tiny_model, tmp_path / "out", conversations_path=chats)
     (step,) = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     tok, model = load_tokenizer(tiny_model), load_model(tiny_model).eval()

@@ -91,7 +91,8 @@ def _assert_same_steps(big: list[dict], acc: list[dict], out_big: Path, out_acc:
 @pytest.mark.parametrize("loss_type", [["sigmoid"], ["sigmoid", "sft"]])  # pairwise alone; RPO's token-mean NLL too
 def test_grad_accumulation_equals_a_larger_batch(tiny_model, uneven_pairs_path, tmp_path, monkeypatch, loss_type):
     monkeypatch.setenv("DPO_CACHE_DIR", str(tmp_path / "cache"))
-    common = dict(lora=False, learning_rate=1e-3, max_steps=2, warmup_ratio=0.0, loss_type=loss_type)
+    # fp32: bf16 matmul kernels differ with the batch's shape, so bf16 would move a batch of 4 from 4 of 1 by ~1e-5
+    common = dict(lora=False, learning_rate=1e-3, max_steps=2, warmup_ratio=0.0, loss_type=loss_type, precision="fp32")
     big = _grads_at_each_step(lambda: train_dpo(DPOConfig(batch_size=4, grad_accum=1, **common), tiny_model,
                                                 [uneven_pairs_path], tmp_path / "big"))
     acc = _grads_at_each_step(lambda: train_dpo(DPOConfig(batch_size=1, grad_accum=4, **common), tiny_model,
@@ -114,7 +115,7 @@ def test_sft_grad_accumulation_equals_a_larger_batch(tiny_model, tmp_path):
             {"role": "user", "content": "tell me more " * (1 + (i + t) % 4)},
             {"role": "assistant", "content": "quiet " * (1 + (3 * i + t) % 5)})]} for i in range(4)])
     common = dict(lora=False, learning_rate=1e-3, max_steps=2, warmup_ratio=0.0, sources=["conversations", "best"],
-                  min_score=1.0)
+                  min_score=1.0, precision="fp32")  # fp32: as in test_grad_accumulation_equals_a_larger_batch
     data = dict(conversations_path=chats, prompts_path=prompts, candidates_path=cands)
     big = _grads_at_each_step(lambda: train_sft(SFTConfig(batch_size=4, grad_accum=1, **common), tiny_model,
                                                 tmp_path / "big", **data))

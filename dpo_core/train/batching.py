@@ -114,10 +114,23 @@ def attention_mask(segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tenso
     return mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
 
 
+SHARDED_FORWARD = "answer_token_logps"  # the root forward method a model sharded by sharding.py carries
+
+
 def answer_token_logps(model, batch: Batch, chunk_tokens: int = LOGITS_CHUNK_TOKENS) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-probs of the answers (N, A), zero off the loss mask, in float32; and the mean
     logit of every such position (N, A), detached, for TRL's ``logits/*`` metrics. Only the loss
-    mask's tokens reach the vocabulary projection."""
+    mask's tokens reach the vocabulary projection. A model sharded with FSDP2 (``sharding.py``)
+    runs this as a forward method of its root, so the root's weights (embeddings, final norm, head)
+    are gathered whole around it and their gradients reduce-scattered after backward."""
+    sharded_forward = getattr(base_model(model), SHARDED_FORWARD, None)
+    if sharded_forward is not None:
+        return sharded_forward(batch, chunk_tokens)
+    return decoder_and_head_logps(model, batch, chunk_tokens)
+
+
+def decoder_and_head_logps(model, batch: Batch, chunk_tokens: int = LOGITS_CHUNK_TOKENS):
+    """``answer_token_logps`` on the model's own modules: the decoder, then the answer-only head."""
     decoder, head = _decoder_and_head(model)
     dtype = next(head.parameters()).dtype
     mask = attention_mask(batch.segment_ids, dtype)
@@ -175,9 +188,14 @@ def _use_packed_attention(decoder) -> bool:
     return config._attn_implementation == PACKED_ATTENTION
 
 
+def base_model(model):
+    """The transformers model, through a PEFT wrapper if present."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def _decoder_and_head(model):
     """The transformer body and the vocabulary projection (through a PEFT wrapper if present)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     return base.get_decoder(), base.get_output_embeddings()
 
 
@@ -191,6 +209,8 @@ class _HeadLogps(torch.autograd.Function):
     log-sum-exp per token only; backward recomputes each chunk's logits once, turns them into the
     gradient in place and adds into one weight-sized buffer, four matmuls with a single (chunk, V)
     block and a single weight gradient alive, where autograd's checkpointing holds several of each.
+    Backward runs under forward's autocast, so the recomputed logits are forward's (bf16 logits
+    recomputed in fp32 would not normalise against forward's log-sum-exp).
     """
 
     @staticmethod
@@ -207,6 +227,8 @@ class _HeadLogps(torch.autograd.Function):
                 probs = logits.sub_(lse).exp_()
                 kept.append((weight[targets[s : s + chunk]].float() - probs @ weight.float()).to(hidden.dtype))
         ctx.chunk, ctx.train_weight = chunk, train_weight
+        dev = hidden.device.type
+        ctx.autocast = (dev, torch.get_autocast_dtype(dev), torch.is_autocast_enabled(dev))
         ctx.save_for_backward(hidden, weight, targets, torch.cat(kept))
         return torch.cat(logps), torch.cat(means)
 
@@ -215,16 +237,24 @@ class _HeadLogps(torch.autograd.Function):
         hidden, weight, targets, kept = ctx.saved_tensors
         if not ctx.train_weight:
             return kept * grad_logps[:, None].to(kept.dtype), None, None, None
-        grad_hidden = torch.empty_like(hidden)
-        grad_weight = torch.zeros_like(weight)
-        for s in range(0, hidden.shape[0], ctx.chunk):
-            h, y, g = hidden[s : s + ctx.chunk], targets[s : s + ctx.chunk], grad_logps[s : s + ctx.chunk]
-            grad_logits = (h @ weight.t()).float().sub_(kept[s : s + ctx.chunk, None]).exp_()  # softmax
-            grad_logits[torch.arange(len(y), device=y.device), y] -= 1.0  # softmax - onehot
-            grad_logits = grad_logits.mul_(-g[:, None]).to(weight.dtype)  # g * (onehot - softmax)
-            grad_hidden[s : s + ctx.chunk] = grad_logits @ weight
-            grad_weight.addmm_(grad_logits.t(), h)
+        dev, dtype, enabled = ctx.autocast
+        with torch.autocast(dev, dtype=dtype, enabled=enabled):
+            grad_hidden, grad_weight = _head_grads(hidden, weight, targets, kept, grad_logps, ctx.chunk)
         return grad_hidden, grad_weight, None, None
+
+
+def _head_grads(hidden, weight, targets, lse, grad_logps, chunk):
+    """The trained-weight backward of ``_HeadLogps``: gradients of hidden (n, H) and weight (V, H)."""
+    grad_hidden = torch.empty_like(hidden)
+    grad_weight = torch.zeros_like(weight)
+    for s in range(0, hidden.shape[0], chunk):
+        h, y, g = hidden[s : s + chunk], targets[s : s + chunk], grad_logps[s : s + chunk]
+        grad_logits = (h @ weight.t()).float().sub_(lse[s : s + chunk, None]).exp_()  # softmax
+        grad_logits[torch.arange(len(y), device=y.device), y] -= 1.0  # softmax - onehot
+        grad_logits = grad_logits.mul_(-g[:, None]).to(weight.dtype)  # g * (onehot - softmax)
+        grad_hidden[s : s + chunk] = grad_logits @ weight
+        grad_weight.addmm_(grad_logits.t(), h)
+    return grad_hidden, grad_weight
 
 
 def _chunked_logps(head, states, targets, chunk_tokens):

@@ -42,8 +42,9 @@ class TrainConfig:
     gradient_checkpointing: bool = Field(True, description="Recompute layer activations in backward (TRL's default): "
                                                            "less memory for about a third more compute")
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="auto: bf16 autocast on a GPU that has it, else fp32; bf16 also runs on CPUs with "
-                            "AVX512_BF16 (see NOTES: about 4x fp32 matmuls there)")
+        "auto", description="auto: bf16 autocast on a GPU that has it or a CPU with bf16 matrix units "
+                            "(AVX512_BF16 or AMX: about 4x fp32 matmuls), else fp32; losses, log-probs and "
+                            "AdamW stay fp32 either way")
     eval_steps: int = Field(0, ge=0, description="Evaluate on the held-out pairs every N optimizer steps "
                                                  "(0: only at the end)")
     save_steps: int = Field(0, ge=0, description="Checkpoint every N optimizer steps for resume (0: never)")
@@ -51,14 +52,22 @@ class TrainConfig:
                                                        "the newest was cut short")
     seed: int = Field(0, ge=0, description="Seeds the data order, LoRA init and dropout")
     num_processes: int = Field(1, ge=1, le=1024, description=(
-        "Data-parallel processes started by accelerate launch, one per GPU; each optimizer step "
-        "takes batch_size * grad_accum * num_processes examples"))
+        "Data-parallel processes started by accelerate launch, one per GPU (with sharding=fsdp each also holds "
+        "1/num_processes of the model); each optimizer step takes batch_size * grad_accum * num_processes examples"))
+    sharding: Literal["none", "fsdp"] = Field("none", description=(
+        "none: every process holds the whole model (data parallelism); fsdp: PyTorch's FSDP2 shards weights, "
+        "gradients and AdamW state over the num_processes processes (each decoder layer and the root), for a full "
+        "fine-tune too big for one device (LoRA works too). Launched as data parallelism is: accelerate launch, or "
+        "torchrun --nproc-per-node N -m dpo_core STAGE JOB OUT; N processes take the steps of one with grad_accum * N"))
 
     def __post_init__(self):
         if self.optimizer_in_backward and (self.max_grad_norm or self.grad_accum > 1 or self.num_processes > 1):
             raise ValueError("optimizer_in_backward updates each parameter as soon as its gradient is ready, so it "
                              "cannot clip by the global norm, accumulate, or sum gradients over processes: set "
                              "max_grad_norm=0, grad_accum=1 and num_processes=1")
+        if self.sharding == "fsdp" and self.num_processes < 2:
+            raise ValueError(f"sharding=fsdp with num_processes={self.num_processes}: FSDP shards the model over "
+                             "processes, so set num_processes to the GPUs to shard over (2 or more), or sharding=none")
 
 
 SFTSource = Literal["conversations", "chosen", "teacher", "best"]

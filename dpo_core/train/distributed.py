@@ -8,12 +8,15 @@ all-reduce after the step's micro-batches rather than a ``DistributedDataParalle
 log-prob path runs the decoder and the vocabulary projection separately (``batching.py``), which
 DDP's forward hook would not see, and LoRA's gradients are small enough that DDP's overlap of
 communication with backward buys little. Accelerate supplies the launcher, the process group
-(NCCL on GPUs, gloo on CPUs) and each process's device.
+(NCCL on GPUs, gloo on CPUs) and each process's device; ``torchrun`` starts the same processes.
+With ``sharding="fsdp"`` the same processes shard the model instead (``sharding.py``): the data is
+split the same way, and FSDP2 reduce-scatters the gradients in place of ``sum_gradients``.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 
 import torch
@@ -45,6 +48,20 @@ def is_main() -> bool:
 def shard(items: Sequence) -> list:
     """This process's share of ``items``: every ``world_size()``-th one, from its rank."""
     return list(items[rank() :: world_size()])
+
+
+def micro_batches(items: Sequence, batch_size: int, lockstep: bool = False) -> list[tuple[list, bool]]:
+    """This process's share of ``items`` (``shard``) cut into batches of ``batch_size``, each with
+    whether it is real. In ``lockstep`` (a sharded model: every forward and backward is a collective
+    that all processes must join) a process with fewer batches than the busiest, rank 0, adds
+    stand-ins (the first item, which every process holds) until it has as many; the caller runs them
+    and throws their results away."""
+    mine = shard(items)
+    batches = [(mine[s : s + batch_size], True) for s in range(0, len(mine), batch_size)]
+    if lockstep and world_size() > 1:
+        busiest = math.ceil(math.ceil(len(items) / world_size()) / batch_size)
+        batches += [(list(items[:1]), False)] * (busiest - len(batches))
+    return batches
 
 
 def barrier() -> None:

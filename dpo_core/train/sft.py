@@ -32,7 +32,7 @@ from dpo_core.common.models import load_model, load_tokenizer, resolve_model
 from dpo_core.common.records import JudgedCandidate, Message, PreferencePair, PromptRecord, SFTRecord
 from dpo_core.train.batching import Batch, Example, answer_token_logps, collate, to_device
 from dpo_core.train.config import SFTConfig, sft_sources
-from dpo_core.train.loop import Totals, TrainResult, device, fit, prepare_for_training, save_trained
+from dpo_core.train.loop import Totals, TrainResult, device, fit, load_device, prepare_for_training, save_trained
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,7 @@ def train_sft(
     chats = select_sft_examples(cfg, sources, conversations_path, pairs_paths, prompts_path, candidates_path)
     path = resolve_model(model_ref)
     tokenizer = load_tokenizer(path)
-    model = prepare_for_training(load_model(path), cfg)
+    model = prepare_for_training(load_model(path, device=load_device(cfg)), cfg)
     encoded = [encode_chat(tokenizer, chat, cfg.max_length) for source in sources for chat in chats[source]]
     examples = [example for example, _ in encoded]
 

@@ -28,6 +28,7 @@ def train_in_child(stage: str, cfg, inputs: dict, out: Path, parent_run_id: str,
             result = run_stage_in_child(stage, job, out, get_run_logger().info, timeout_s, progress.update,
                                         processes=cfg.num_processes)
         log_step_metrics(out / "metrics.jsonl")
+        mlflow.log_param("resolved_precision", result["precision"])  # what precision=auto became where it trained
         mlflow.log_metrics({k: v for k, v in result["metrics"].items() if k.startswith(_COUNTS)})
         model_uri = log_trained_model(result["model_path"], result["adapter_path"])
         eval_pairs = out / "eval_pairs.jsonl"

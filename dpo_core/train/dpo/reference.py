@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dpo_core.common.digest import digest_json
-from dpo_core.train import distributed
+from dpo_core.train import distributed, sharding
 from dpo_core.train.batching import answer_token_logps, collate, to_device
 from dpo_core.train.loop import device
 
@@ -50,15 +50,17 @@ def compute_reference_logps(model, examples: Sequence[Example], pad_id: int, bat
                             share_prefix: bool = True, disable_adapter: bool = False) -> torch.Tensor:
     """(N, 2) summed log-probs of [chosen, rejected] for every example under ``model``, run in
     eval mode and, for a PEFT model whose adapter stands for the policy, with the adapter off.
-    Under a launcher each process runs its share and all get the whole table."""
+    Under a launcher each process runs its share (a sharded model's processes in lockstep) and all
+    get the whole table."""
     was_training = model.training
     model.eval()
-    mine = distributed.shard(range(len(examples)))
     rows: list[tuple[int, torch.Tensor]] = []
-    for s in range(0, len(mine), batch_size):
-        ids = mine[s : s + batch_size]
+    lockstep = sharding.is_sharded(model)
+    for ids, real in distributed.micro_batches(range(len(examples)), batch_size, lockstep):
         batch = to_device(collate([examples[i] for i in ids], pad_id, share_prefix), device())
-        rows += zip(ids, pair_logps(model, batch, disable_adapter).float().cpu(), strict=True)
+        logps = pair_logps(model, batch, disable_adapter).float().cpu()
+        if real:
+            rows += zip(ids, logps, strict=True)
     model.train(was_training)
     table = torch.zeros(len(examples), 2)
     for i, logps in distributed.gather(rows):

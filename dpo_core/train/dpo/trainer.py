@@ -7,7 +7,11 @@ Reference modes: ``precompute_reference`` (default) runs the reference once over
 before training, with the policy itself (identical to the reference at step 0), caching the
 result on disk; otherwise the reference runs every step: the policy with its LoRA adapter
 disabled, or a frozen copy for a full fine-tune. Either way it runs in the training's precision
-(bf16 autocast or fp32), so the two modes give the same log-probs.
+(bf16 autocast or fp32), so the two modes give the same log-probs. Under FSDP (``sharding="fsdp"``)
+the precomputed pass runs on the sharded policy, not on the model before sharding: an unsharded
+pass would need the whole model on every device, which is what sharding avoids, and the sharded
+policy before its first step computes exactly the reference's log-probs. A per-step frozen copy is
+sharded the same way.
 """
 
 from __future__ import annotations
@@ -24,12 +28,22 @@ from dpo_core.common.chat import overflow, tokenize_answers, truncate
 from dpo_core.common.io import read_jsonl, write_jsonl
 from dpo_core.common.models import cache_dir, load_model, load_tokenizer, model_fingerprint, resolve_model
 from dpo_core.common.records import PreferencePair
-from dpo_core.train import distributed
+from dpo_core.train import distributed, sharding
 from dpo_core.train.batching import Batch, answer_token_logps, collate, to_device
 from dpo_core.train.config import DPOConfig
 from dpo_core.train.dpo.losses import LossSettings, PairLogps, combined_loss
 from dpo_core.train.dpo.reference import cache_path, compute_reference_logps, load_or_compute, pair_logps, reference_key
-from dpo_core.train.loop import Totals, TrainResult, autocast, device, fit, prepare_for_training, resolved_precision, save_trained
+from dpo_core.train.loop import (
+    Totals,
+    TrainResult,
+    autocast,
+    device,
+    fit,
+    load_device,
+    prepare_for_training,
+    resolved_precision,
+    save_trained,
+)
 
 
 @dataclass
@@ -65,14 +79,14 @@ def train_dpo(
     tokens = [tokenize_answers(tokenizer, p.prompt, [p.chosen[0]["content"], p.rejected[0]["content"]]) for p in pairs]
     truncated_pairs = sum(overflow(prompt, answers, cfg.max_length) > 0 for prompt, answers in tokens)
     examples = [truncate(prompt, answers, cfg.max_length) for prompt, answers in tokens]
-    policy = prepare_for_training(load_model(path), cfg)
+    policy = prepare_for_training(load_model(path, device=load_device(cfg)), cfg)
 
     # Before the first step the policy *is* the reference (a fresh LoRA adapter adds zero), so
     # precomputed reference log-probs need no second copy of the weights. Only a per-step
     # reference needs one: the adapter-disabled policy with LoRA, a frozen copy otherwise.
     ref_model = None
     if cfg.needs_reference and not cfg.precompute_reference:
-        ref_model = policy if cfg.lora else load_model(path).to(device()).eval().requires_grad_(False)
+        ref_model = policy if cfg.lora else frozen_copy(path, cfg)
     ref_logps = torch.zeros(len(examples), 2)
     reused, ref_started = False, time.perf_counter()
     if cfg.needs_reference and cfg.precompute_reference:
@@ -114,6 +128,13 @@ def train_dpo(
     metrics |= {"train_pairs": len(train_set), "eval_pairs": len(eval_set), "truncated_pairs": truncated_pairs,
                 "reference_reused": float(reused), "reference_runtime": reference_runtime}
     return save_trained(policy, tokenizer, cfg, out_dir, metrics)
+
+
+def frozen_copy(path: str, cfg: DPOConfig):
+    """A full fine-tune's per-step reference: the starting model, frozen, on the device or, under
+    FSDP, sharded as the policy is."""
+    model = load_model(path, device=load_device(cfg)).eval().requires_grad_(False)
+    return sharding.shard_model(model) if cfg.sharding == "fsdp" else model
 
 
 def dpo_step(logps, mean_logits, answer_mask, ref, settings: LossSettings, types, weights, num_tokens,
