@@ -4,8 +4,9 @@ This is how the pipeline runs heavy stages in a child process: the job file hold
 config and its input paths; the stage's result is written to ``OUT_DIR/result.json``.
 Progress is printed one line per batch or step so the parent can relay it.
 
-SFT and DPO also run data-parallel under a launcher, each process on its share of every step:
-``accelerate launch --multi_gpu --num_processes 8 -m dpo_core dpo JOB.json OUT_DIR``.
+SFT and DPO also run data-parallel (or FSDP2-sharded, with ``sharding: fsdp``) under a launcher,
+each process on its share of every step: ``accelerate launch --multi_gpu --num_processes 8 -m
+dpo_core dpo JOB.json OUT_DIR`` or ``torchrun --nproc-per-node 8 -m dpo_core dpo JOB.json OUT_DIR``.
 """
 
 from __future__ import annotations
