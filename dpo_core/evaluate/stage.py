@@ -79,6 +79,7 @@ def evaluate(cfg: EvalConfig, models: dict[str, str], eval_path: Path, out_dir: 
     if cfg.judge:
         judge_rows = _judge(cfg, prompts, answers, baselines, questions, mt_answers, scores, per_prompt)
     if cfg.reward_model:
+        release_engine()  # the reward model needs the memory
         metrics, rewards = reward_scores(RewardModelJudge(cfg.reward_model, cfg.batch_size), prompts, answers, baselines)
         _merge(scores, per_prompt, metrics, rewards)
     samples = {label: [EvalSample(label, p.id, p.text, a, check_instructions(a, p.instructions),
@@ -107,6 +108,8 @@ def _answerer(cfg: EvalConfig, path: str, label: str) -> LocalChat | VLLMChat:
 def _judge(cfg: EvalConfig, prompts, answers, baselines, questions, mt_answers, scores, per_prompt) -> list[dict]:
     """The judge's grades of the held-out answers, its pairwise verdicts and its MT-Bench grades, one
     judge loaded once for all; adds their summaries to ``scores`` and ``per_prompt``."""
+    if not cfg.judge.startswith("vllm:"):  # a local judge needs the memory; a vllm: one may reuse the engine
+        release_engine()
     judge = make_backend(cfg.judge, engine=cfg.engine)
     metrics, ratings, rows = judge_scores(judge, prompts, answers, baselines, cfg.judge_max_retries,
                                           cfg.judge_max_new_tokens)

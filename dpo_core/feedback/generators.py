@@ -33,13 +33,13 @@ class Sample:
 
 
 class LocalGenerator:
-    """Batched sampling from a local model (loaded on first use): all K samples of a prompt come
-    from one batch, so a request for any of them generates the prompt's K together."""
+    """Batched sampling from a local model, loaded for each ``run`` and freed after it (the stage's
+    judge or next generator may need the memory): all K samples of a prompt come from one batch,
+    so a request for any of them generates the prompt's K together."""
 
     def __init__(self, model_ref: str):
         self.model_ref, self.name = model_ref, model_ref
         self.usage = Usage()
-        self._loaded = None
 
     @cached_property
     def cache_id(self) -> str:
@@ -49,11 +49,9 @@ class LocalGenerator:
     def run(self, requests: list[Request], sampling: SamplingConfig, on_sample: Callable[[int, Sample | Failure], None]) -> None:
         if not requests:
             return
-        if self._loaded is None:
-            path = resolve_model(self.model_ref)
-            self._loaded = load_model(path, inference=True), load_tokenizer(path)
+        path = resolve_model(self.model_ref)
         chats, done = _by_chat(requests, self.usage, on_sample)
-        generate(*self._loaded, chats, sampling, on_prompt=done)
+        generate(load_model(path, inference=True), load_tokenizer(path), chats, sampling, on_prompt=done)
 
 
 class VLLMGenerator:

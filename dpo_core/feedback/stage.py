@@ -39,6 +39,7 @@ from dpo_core.feedback.item_cache import ItemCache, item_key
 from dpo_core.feedback.prompts import judgeable_prompts
 from dpo_core.inference.backends import make_backend
 from dpo_core.inference.openai_client import Failure
+from dpo_core.inference.vllm_engine import release_engine
 from dpo_core.judges.verdicts import SetAside, Verdict
 
 
@@ -82,6 +83,8 @@ def collect_feedback(
     set_aside: list[dict] = []
 
     samples = _generate(generators, judgeable, cfg.sampling, cache, progress, set_aside)
+    if not cfg.judge.partition(":")[2].startswith("vllm:"):  # the judge's model needs the memory
+        release_engine()
     judge = make_judge(cfg)
     verdicts = _judge(judge, judgeable, samples, cache, progress, set_aside)
 

@@ -59,6 +59,12 @@ class EngineConfig:
     chunk_prompts: int = Field(64, ge=1, description="vLLM: prompts per engine call; each call's answers are stored "
                                                      "before the next starts, so a killed run loses at most one call")
 
+    def memory_share(self, gpu: bool) -> float:
+        return self.gpu_memory_utilization or (0.85 if gpu else 0.15)
+
+    def eager(self, gpu: bool) -> bool:
+        return self.enforce_eager if self.enforce_eager is not None else not gpu
+
     def resolved(self) -> Literal["vllm", "local"]:
         """The engine ``auto`` stands for here."""
         if self.name != "auto":

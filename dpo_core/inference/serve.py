@@ -28,18 +28,20 @@ def vllm_server_command(model_ref: str, port: int, engine: EngineConfig, host: s
     """The command line and environment that serve ``model_ref`` with vLLM's OpenAI server."""
     gpu = compute_device().type == "cuda"
     env = dict(os.environ)
-    if not gpu:
-        env.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{engine.cpu_kv_cache_gib:g}")
+    if not gpu:  # vLLM's CPU backend sizes its KV cache from this variable
+        env["VLLM_CPU_KVCACHE_SPACE"] = f"{engine.cpu_kv_cache_gib:g}"
     # the module, not the `vllm` console script: the script asks for the `vllm` distribution, which the CPU build
     # (`vllm-cpu`) is not
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", resolve_model(model_ref),
                "--served-model-name", served_name or model_ref, "--host", host, "--port", str(port),
                "--dtype", engine.dtype, "--tensor-parallel-size", str(engine.tensor_parallel_size),
                "--data-parallel-size", str(engine.data_parallel_size),
-               "--gpu-memory-utilization", str(engine.gpu_memory_utilization or (0.85 if gpu else 0.15))]
+               "--gpu-memory-utilization", str(engine.memory_share(gpu)),
+               # the request's sampling settings only, as the offline engine (not generation_config.json's defaults)
+               "--generation-config", "vllm"]
     if engine.max_model_len:
         command += ["--max-model-len", str(engine.max_model_len)]
-    if engine.enforce_eager if engine.enforce_eager is not None else not gpu:
+    if engine.eager(gpu):
         command.append("--enforce-eager")
     if not gpu:  # whole prefills: vLLM 0.32's CPU backend crashes on a seeded request whose prefill it splits
         command.append("--no-enable-chunked-prefill")
@@ -53,16 +55,29 @@ def start_server(model_ref: str, port: int, engine: EngineConfig | None = None, 
     command, env = vllm_server_command(model_ref, port, engine or EngineConfig(), **kwargs)
     server = subprocess.Popen(command, env=env, start_new_session=own_session)
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"vLLM's server for {model_ref!r} exited with {server.returncode} before it answered")
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2).close()
-            return server
-        except OSError:
-            time.sleep(1)
-    server.kill()
-    raise TimeoutError(f"vLLM's server for {model_ref!r} did not answer on port {port} within {timeout_s:.0f} s")
+    try:
+        while time.monotonic() < deadline:
+            if server.poll() is not None:
+                raise RuntimeError(f"vLLM's server for {model_ref!r} exited with {server.returncode} before it answered")
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2).close()
+                return server
+            except OSError:
+                time.sleep(1)
+        raise TimeoutError(f"vLLM's server for {model_ref!r} did not answer on port {port} within {timeout_s:.0f} s")
+    except BaseException:
+        stop_server(server)
+        raise
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    """SIGTERM (vLLM's server then stops its engine processes), SIGKILL after a grace period."""
+    server.terminate()
+    try:
+        server.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
 
 
 def free_port() -> int:

@@ -14,16 +14,18 @@ another, holds one engine's memory at a time.
 
 vLLM's offline engine runs one replica per process, so with ``data_parallel_size`` above 1 the
 model is served instead by vLLM's own server (dpo_core.inference.serve) on loopback, in the
-stage's process group (a cancelled stage takes it down), and reached through the OpenAI client.
+stage's process group (a cancelled or finished stage takes it down), and reached through the
+OpenAI client.
 """
 
 from __future__ import annotations
 
+import atexit
 import gc
 import os
-import time
 from collections.abc import Callable
 
+import torch
 from transformers import GenerationConfig
 
 from dpo_core.common.chat import render_prompt
@@ -41,17 +43,22 @@ def vllm_engine(model_path: str, cfg: EngineConfig) -> VLLMEngine | ServedEngine
     if _engine is not None and (_engine.path, _engine.cfg) == (model_path, cfg):
         return _engine
     release_engine()
+    if torch.cuda.is_initialized():  # what a transformers model freed: vLLM checks the free memory at start
+        torch.cuda.empty_cache()
     _engine = (ServedEngine if cfg.data_parallel_size > 1 else VLLMEngine)(model_path, cfg)
     return _engine
 
 
+@atexit.register  # a stage that ends without releasing stops its engine (or server) on the way out
 def release_engine() -> None:
     """Shut the process's engine down and free its memory (before a transformers model loads)."""
     global _engine
     if _engine is not None:
-        _engine.shutdown()
-        _engine = None
-        gc.collect()
+        try:
+            _engine.shutdown()
+        finally:
+            _engine = None
+            gc.collect()
 
 
 def engine_id(model_path: str, cfg: EngineConfig) -> str:
@@ -65,20 +72,17 @@ class VLLMEngine:
 
         gpu = compute_device().type == "cuda"
         if not gpu:  # vLLM's CPU backend sizes its KV cache from this variable, not from the utilization
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{cfg.cpu_kv_cache_gib:g}")
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = f"{cfg.cpu_kv_cache_gib:g}"
         self.path, self.cfg = model_path, cfg
         self.tokenizer = load_tokenizer(model_path)
         self.stop_ids = _end_of_turn_ids(model_path, self.tokenizer)
-        started = time.perf_counter()
         self.llm = LLM(model=model_path, tokenizer=model_path, dtype=cfg.dtype, seed=0, trust_remote_code=False,
                        tensor_parallel_size=cfg.tensor_parallel_size, max_model_len=cfg.max_model_len,
-                       gpu_memory_utilization=cfg.gpu_memory_utilization or (0.85 if gpu else 0.15),
-                       enforce_eager=cfg.enforce_eager if cfg.enforce_eager is not None else not gpu,
+                       gpu_memory_utilization=cfg.memory_share(gpu), enforce_eager=cfg.eager(gpu),
                        enable_prefix_caching=True,
                        # vLLM 0.32's CPU backend crashes rewinding a seeded request's generator when chunked
                        # prefill splits its prompt ("CPU Generator does not use offset"): whole prefills there
                        enable_chunked_prefill=gpu)
-        self.startup_s = time.perf_counter() - started
         self.max_len = self.llm.llm_engine.model_config.max_model_len
 
     def generate(self, chats: list[list[dict]], *, num_samples: int, temperature: float, top_p: float,
@@ -120,9 +124,7 @@ class ServedEngine:
 
         self.path, self.cfg = model_path, cfg
         port = free_port()
-        started = time.perf_counter()
         self.server = start_server(model_path, port, cfg, own_session=False, served_name="model")
-        self.startup_s = time.perf_counter() - started
         self.client = make_client(f"http://127.0.0.1:{port}/v1", "model",
                                   ClientOptions(concurrency=64 * cfg.data_parallel_size, timeout_s=600))
 
@@ -147,8 +149,9 @@ class ServedEngine:
         self.client.run(bodies, done)
 
     def shutdown(self) -> None:
-        self.server.terminate()
-        self.server.wait(timeout=60)
+        from dpo_core.inference.serve import stop_server
+
+        stop_server(self.server)
 
 
 def _end_of_turn_ids(model_path: str, tokenizer) -> list[int]:

@@ -121,9 +121,15 @@ def broadcast_parameters(params: Sequence[torch.nn.Parameter]) -> None:
     """Start every process from rank 0's weights, as DDP does."""
     if world_size() == 1:
         return
+    device = state().device
     with torch.no_grad():
         for p in params:
-            dist.broadcast(p.data, src=0)
+            if p.device.type == device.type:
+                dist.broadcast(p.data, src=0)
+            else:  # NCCL moves GPU tensors only: a parameter still on the CPU (FSDP loads there) goes through the GPU
+                staged = p.data.to(device)
+                dist.broadcast(staged, src=0)
+                p.data.copy_(staged)
 
 
 def finish() -> None:

@@ -71,6 +71,7 @@ def run_stage_in_child(
         _kill_group(proc)
         raise
     finally:
+        _kill_stragglers(proc)  # a server or engine process the stage started and left behind
         relay.join(timeout=5)
     if code != 0:
         raise _failure(stage, code, out_dir, tail)
@@ -118,6 +119,15 @@ def _relay(proc: subprocess.Popen, log, on_progress, tail: deque[str]) -> None:
                 on_progress(progress)
         elif line:
             log(line)
+
+
+def _kill_stragglers(proc: subprocess.Popen) -> None:
+    """SIGKILL what is left of the group once its leader has exited."""
+    if proc.poll() is not None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):  # nothing left
+            pass
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
