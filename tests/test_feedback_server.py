@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,14 +23,9 @@ from dpo_core.feedback.item_cache import ItemCache
 from dpo_core.feedback.stage import collect_feedback
 from dpo_core.inference.backends import ClientOptions
 from dpo_core.inference.config import SamplingConfig
+from dpo_core.inference.serve import free_port
 
 HERE = Path(__file__).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture()
@@ -40,7 +34,7 @@ def server(tiny_model, tmp_path):
     procs = []
 
     def start(faults: dict | None = None, delay: float = 0.0) -> tuple[str, Path]:
-        port, log = _free_port(), tmp_path / f"requests-{len(procs)}.jsonl"
+        port, log = free_port(), tmp_path / f"requests-{len(procs)}.jsonl"
         procs.append(subprocess.Popen([sys.executable, str(HERE / "fault_server.py"), "--model", tiny_model,
                                        "--port", str(port), "--log", str(log), "--faults", json.dumps(faults or {}),
                                        "--delay", str(delay), "--stall", "4"]))
