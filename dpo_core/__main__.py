@@ -45,13 +45,15 @@ def run_stage(stage: str, job: dict, out_dir: Path):
         from dpo_core.train.config import DPOConfig
         from dpo_core.train.dpo.trainer import train_dpo
 
-        return train_dpo(DPOConfig(**cfg), inputs["model"], inputs["pairs_paths"], out_dir, report_progress)
+        return train_dpo(DPOConfig(**cfg), inputs["model"], inputs["pairs_paths"], out_dir, report_progress,
+                         reference_model=inputs.get("reference_model"))
     if stage == "evaluate":
         from dpo_core.evaluate.config import EvalConfig
         from dpo_core.evaluate.stage import evaluate
 
         return evaluate(EvalConfig(**cfg), inputs["models"], inputs["eval_path"], out_dir,
-                        inputs.get("heldout_pairs_path"), inputs.get("dpo_beta", 0.1))
+                        inputs.get("heldout_pairs_path"), inputs.get("dpo_beta", 0.1),
+                        transfer_path=inputs.get("transfer_path"))
     raise SystemExit(f"unknown stage {stage!r}: one of {', '.join(STAGES)}")
 
 

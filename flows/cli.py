@@ -24,6 +24,7 @@ import sys
 
 COMMANDS = {  # command -> the flow it runs
     "lifecycle": "flows.lifecycle:lifecycle",
+    "iterative": "flows.iterative:iterative",
     "build-dataset": "flows.build_dataset:build_dataset_flow",
     "collect-feedback": "flows.collect_feedback:collect_feedback_flow",
     "sft": "flows.sft:sft_flow",
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:  # a config check: say which setting, not a traceback
         sys.exit(f"dpo-pipeline {command}: {exc}")
     result = flow(**kwargs)
-    if command == "lifecycle":
+    if command in ("lifecycle", "iterative"):
         from flows.report import print_report
 
         print_report(*result)

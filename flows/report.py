@@ -8,6 +8,8 @@ from tasks.plumbing.settings import home, tracking_uri
 # Sections of the score table, by metric family; a section the evaluation did not produce is not printed
 SECTIONS = (
     ("Held-out instruction following (greedy decoding; this project's checkers, not IFEval)", ("verifiable/",)),
+    ("Transfer prompts: instructions phrased unlike training's, some kinds never trained on (same checkers)",
+     ("transfer/",)),
     ("Held-out answers judged (judge/rating 1-10; reward/score the reward model's; DPO's win rates, ties half)",
      ("judge/", "pairwise/", "reward/")),
 )

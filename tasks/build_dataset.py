@@ -29,6 +29,7 @@ def build_dataset_task(cfg: BuildConfig, source_digest: str, parent_run_id: str)
         mlflow.log_metrics({f"rows/{k}": v for k, v in result.counts.items()})
         mlflow.log_params({f"kind/{field}": kind for field, kind in result.kinds.items()})
         for name, context, path in (("prompts-train", "train", result.train_path), ("prompts-eval", "eval", result.eval_path),
+                                    ("prompts-transfer", "transfer", result.transfer_path),
                                     ("sft-conversations", "train", result.sft_path),
                                     ("preference-pairs", "train", result.pairs_path)):
             frame = pd.DataFrame(read_jsonl(path)) if path else pd.DataFrame()
@@ -42,12 +43,14 @@ def build_dataset_task(cfg: BuildConfig, source_digest: str, parent_run_id: str)
         publish(STAGE, run_id, experiment_id(), markdown_table(result.counts)
                 + f"\n\nRejected rows with their reasons: `{result.rejected_path}`")
     return DatasetRef(train_path=result.train_path, eval_path=result.eval_path, sft_path=result.sft_path,
-                      pairs_path=result.pairs_path, digest=result.digest, run_id=run_id, counts=result.counts)
+                      pairs_path=result.pairs_path, transfer_path=result.transfer_path, digest=result.digest,
+                      run_id=run_id, counts=result.counts)
 
 
 def source_digest(cfg: BuildConfig) -> str:
     """Digest of the files a build reads, so an edited source file invalidates the cached build."""
-    names = [cfg.source, cfg.sft_source, cfg.pairs_source, cfg.eval_source]  # a hub id's name is all we know of it
+    names = [cfg.source, cfg.sft_source, cfg.pairs_source, cfg.eval_source,
+             cfg.transfer_source]  # a hub id's name is all we know of it
     paths = [INSTRUCTION_SET_PATH if name == BUILTIN else Path(name) for name in names if name]
     files = []
     for p in paths:

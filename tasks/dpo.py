@@ -18,11 +18,14 @@ STAGE, ENTRY = "dpo", "dpo_core.train.dpo.trainer"  # ENTRY's import closure is 
       retry_condition_fn=retry_transient)
 def dpo_task(
     cfg: DPOConfig, policy: ModelRef, feedback: FeedbackRef | None, parent_run_id: str,
-    timeout_s: float | None = None, data: DatasetRef | None = None,
+    timeout_s: float | None = None, data: DatasetRef | None = None, reference: ModelRef | None = None,
 ) -> ModelRef:
-    """Train ``policy`` (also the reference) on the collected pairs and the team's own (``data``)."""
+    """Train ``policy`` on the collected pairs and the team's own (``data``), against ``reference``
+    (default: the policy it starts from)."""
     pairs = [p for p in (feedback and feedback.pairs_path, data and data.pairs_path) if p]
-    out = output_dir(STAGE, ENTRY, asdict(cfg), policy.digest, feedback and feedback.digest, data and data.digest)
-    inputs = {"model": policy.model_path, "pairs_paths": pairs}
-    params = asdict(cfg) | {"reference_model_uri": policy.model_uri}
+    out = output_dir(STAGE, ENTRY, asdict(cfg), policy.digest, feedback and feedback.digest, data and data.digest,
+                      reference and reference.digest)
+    inputs = {"model": policy.model_path, "pairs_paths": pairs, "reference_model": reference and reference.model_path}
+    params = asdict(cfg) | {"policy_model_uri": policy.model_uri or policy.model_path,
+                            "reference_model_uri": (reference or policy).model_uri or (reference or policy).model_path}
     return train_in_child(STAGE, cfg, inputs, out, parent_run_id, params, timeout_s)

@@ -34,16 +34,18 @@ def evaluate_task(
     timeout_s: float | None = None, dpo_beta: float = 0.1,
 ) -> EvalReport:
     """Every model in ``models`` (label -> a trained model, or a model reference such as the base
-    model) answers the held-out prompts once; the judges score them. With a trained ``dpo`` model:
-    its held-out pairs give perplexity and preference accuracy (at ``dpo_beta``)."""
+    model) answers the held-out prompts, and the transfer prompts if ``data`` has any, once; the
+    judges score them. With a trained ``dpo`` model: its held-out pairs give perplexity and
+    preference accuracy (at ``dpo_beta``)."""
     paths = {label: m if isinstance(m, str) else m.model_path for label, m in models.items()}
     keys = {label: model_fingerprint(resolve_model(m)) if isinstance(m, str) else m.digest for label, m in models.items()}
     dpo = models.get("dpo")
     heldout_pairs = dpo.eval_pairs_path if isinstance(dpo, ModelRef) else None
-    out = output_dir(STAGE, ENTRY, asdict(cfg), keys, data.digest, dpo_beta)
+    out = output_dir(STAGE, ENTRY, asdict(cfg), keys, data.digest, data.transfer_path, dpo_beta)
     params = asdict(cfg) | {f"{label}_model_uri": m.model_uri for label, m in models.items() if isinstance(m, ModelRef)}
     with stage_run(STAGE, parent_run_id, params | {"models": paths}) as run_id:
         job = {"config": asdict(cfg), "inputs": {"models": paths, "eval_path": data.eval_path,
+                                                  "transfer_path": data.transfer_path,
                                                   "heldout_pairs_path": heldout_pairs, "dpo_beta": dpo_beta}}
         result = run_stage_in_child("evaluate", job, out, get_run_logger().info, timeout_s)
         scores, table = result["scores"], result["head_to_head"]
@@ -53,12 +55,16 @@ def evaluate_task(
         mlflow.log_table(pd.DataFrame(table), "head_to_head.json")
         samples = pd.json_normalize(read_jsonl(result["samples_path"]))  # per-prompt scores as scores.<metric> columns
         mlflow.log_table(samples.astype({"passed_strict": str, "passed_loose": str}), "samples.json")
+        if result["transfer_samples_path"]:
+            transfer = pd.DataFrame(read_jsonl(result["transfer_samples_path"])).drop(columns="scores")
+            mlflow.log_table(transfer.astype({"passed_strict": str, "passed_loose": str}), "transfer_samples.json")
         if result["judge_outputs_path"]:
             mlflow.log_table(pd.DataFrame(read_jsonl(result["judge_outputs_path"])).astype(str), "judge_outputs.json")
         mlflow.log_figure(_bar_chart(scores), "scores.png")
         mlflow.log_artifact(result["summary_path"])
         publish(STAGE, run_id, experiment_id(), _markdown(scores, table))
-    return EvalReport(run_id=run_id, samples_path=result["samples_path"], scores=scores, head_to_head=table)
+    return EvalReport(run_id=run_id, samples_path=result["samples_path"], scores=scores, head_to_head=table,
+                      transfer_samples_path=result["transfer_samples_path"])
 
 
 @task(name="heldout-prompts", cache_policy=NO_CACHE)
@@ -73,9 +79,13 @@ def heldout_prompts_task(prompts: str) -> DatasetRef:
                       counts={"eval": kept, "rejected": rejected})
 
 
-# One panel per metric family, each on its own scale; a family the evaluation did not produce is not drawn
+# One panel per metric family, each on its own scale; a family the evaluation did not produce is not drawn.
+# The gains over base (..._vs_base_*, differences that may be negative) are in the tables, not drawn.
 PANELS = (
-    ("Held-out instruction following", "accuracy", (0, 1), lambda m: m.startswith("verifiable/")),
+    ("Held-out instruction following", "accuracy", (0, 1),
+     lambda m: m.startswith("verifiable/") and "_vs_base" not in m),
+    ("Transfer instruction following (unseen wordings and kinds)", "accuracy", (0, 1),
+     lambda m: m.startswith("transfer/") and "_vs_base" not in m),
     ("Judge rating of held-out answers", "rating", (1, 10), lambda m: m == "judge/rating"),
     ("Reward of held-out answers", "mean reward", None, lambda m: m == "reward/score"),
     ("DPO win rates", "win rate (ties half)", (0, 1), lambda m: m.startswith(("pairwise/", "reward/")) and "win_rate_vs_" in m),

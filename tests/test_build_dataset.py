@@ -12,6 +12,7 @@ import pytest
 from dpo_core.common.io import read_jsonl
 from dpo_core.common.records import PreferencePair, PromptRecord, SFTRecord
 from dpo_core.data.build_dataset import BuildConfig, build_dataset
+from dpo_core.data.instructions import load_instruction_set
 
 GOOD = [
     {"id": "a", "prompt": "Describe the moon in one sentence.", "instructions": [{"kind": "lowercase", "args": {}}]},
@@ -29,9 +30,86 @@ def _write_jsonl(path, rows):
 def test_builtin_set_builds_with_disjoint_splits(tmp_path):
     result = build_dataset(BuildConfig(), tmp_path)
     train, held_out = read_jsonl(result.train_path), read_jsonl(result.eval_path)
-    assert len(train) >= 300 and len(held_out) >= 60
-    assert not {r["id"] for r in train} & {r["id"] for r in held_out}
-    assert result.counts["rejected_contaminated"] == 0  # the shipped eval split shares no task with train
+    transfer = read_jsonl(result.transfer_path)
+    assert (len(train), len(held_out), len(transfer)) == (340, 80, 120)
+    assert result.transfer_path == str(tmp_path / "transfer.jsonl")
+    ids = [{r["id"] for r in rows} for rows in (train, held_out, transfer)]
+    assert not ids[0] & ids[1] and not ids[0] & ids[2] and not ids[1] & ids[2]
+    assert all(PromptRecord(**r).instructions for r in transfer)
+    assert result.counts["transfer"] == 120 and result.counts["rejected"] == 0
+    assert result.counts["rejected_contaminated"] == 0  # the shipped held-out splits share no task with train
+
+
+def _transfer_rows():
+    return [{"id": "t1", "prompt": "Describe a lighthouse keeper's morning routine in a calm voice.",
+             "instructions": [{"kind": "no_digits", "args": {}}]},
+            {"id": "t2", "prompt": "Write a note to a neighbour about a lost cat, ending on a question.",
+             "instructions": [{"kind": "end_with_question", "args": {}}]},
+            {"id": "t3", "prompt": "Tell me about sailing."},  # no instructions: nothing would score it
+            {"id": "t4", "prompt": "Summarise the plot of a heist film in two lines.",  # an eval prompt: eval keeps it
+             "instructions": [{"kind": "no_exclamation", "args": {}}]}]
+
+
+def test_transfer_source_from_a_file(tmp_path):
+    src = _write_jsonl(tmp_path / "in.jsonl", GOOD)
+    ev = _write_jsonl(tmp_path / "ev.jsonl", EVAL)
+    tr = _write_jsonl(tmp_path / "tr.jsonl", _transfer_rows())
+    result = build_dataset(BuildConfig(source=src, eval_source=ev, transfer_source=tr), tmp_path / "out")
+    _check_invariants(result)
+    assert [r["id"] for r in read_jsonl(result.transfer_path)] == ["t1", "t2"]
+    assert [r["id"] for r in read_jsonl(result.eval_path)] == ["e1"]
+    rejected = {r["id"]: r for r in read_jsonl(result.rejected_path)}
+    assert rejected["t3"]["_category"] == "invalid" and "needs verifiable instructions" in rejected["t3"]["_reason"]
+    assert rejected["t4"]["_category"] == "duplicate" and "duplicate of prompt e1" in rejected["t4"]["_reason"]
+    assert result.counts["transfer"] == 2 and result.kinds["transfer_source"] == "prompts"
+    assert result.counts["rows_in"] == 3 + 1 + 4
+
+    # without transfer_source, a team's build has no transfer set
+    plain = build_dataset(BuildConfig(source=src, eval_source=ev), tmp_path / "plain")
+    assert plain.transfer_path is None and plain.counts["transfer"] == 0
+    assert not (tmp_path / "plain" / "transfer.jsonl").exists() and plain.digest != result.digest
+
+
+def test_a_transfer_source_with_nothing_usable_is_an_error(tmp_path):
+    src = _write_jsonl(tmp_path / "in.jsonl", GOOD)
+    ev = _write_jsonl(tmp_path / "ev.jsonl", EVAL)
+    tr = _write_jsonl(tmp_path / "tr.jsonl", [{"id": "t", "prompt": "Tell me about sailing."}])
+    with pytest.raises(ValueError, match="no usable transfer prompts in transfer_source="):
+        build_dataset(BuildConfig(source=src, eval_source=ev, transfer_source=tr), tmp_path / "out")
+
+
+def test_training_is_decontaminated_against_transfer_prompts(tmp_path):
+    transfer = _transfer_rows()[:2]
+    rows = GOOD + [{"id": "leak", "prompt": transfer[0]["prompt"]},  # a transfer prompt verbatim
+                   {"messages": [U("Hello."), A("Hi."), U(transfer[1]["prompt"])], "id": "leak2"}]
+    chats = [{"id": "leak-chat", "messages": [U(transfer[1]["prompt"]), A("Lost cat?")]}, CHATS[0]]
+    src = _write_jsonl(tmp_path / "in.jsonl", rows)
+    ev = _write_jsonl(tmp_path / "ev.jsonl", EVAL)
+    tr = _write_jsonl(tmp_path / "tr.jsonl", transfer)
+    sft = _write_jsonl(tmp_path / "chats.jsonl", chats)
+    result = build_dataset(BuildConfig(source=src, eval_source=ev, transfer_source=tr, sft_source=sft), tmp_path / "out")
+    _check_invariants(result)
+    reasons = {r["id"]: r["_reason"] for r in read_jsonl(result.rejected_path) if r["_category"] == "contaminated"}
+    assert set(reasons) == {"leak", "leak2", "leak-chat"}
+    assert "held-out prompt t1" in reasons["leak"] and "held-out prompt t2" in reasons["leak-chat"]
+    assert result.counts["train"] == 3 and result.counts["sft"] == 1
+
+
+def test_max_eval_caps_each_held_out_set(tmp_path):
+    result = build_dataset(BuildConfig(max_eval=7, max_train=5), tmp_path)
+    assert result.counts["eval"] == 7 and result.counts["transfer"] == 7 and result.counts["train"] == 5
+    shipped = {r["id"] for r in load_instruction_set(split="transfer")}
+    assert len(read_jsonl(result.transfer_path)) == 7 and {r["id"] for r in read_jsonl(result.transfer_path)} <= shipped
+
+
+def test_source_digest_covers_the_transfer_file(tmp_path):
+    from tasks.build_dataset import source_digest
+
+    tr = _write_jsonl(tmp_path / "tr.jsonl", _transfer_rows()[:1])
+    before = source_digest(BuildConfig(transfer_source=tr))
+    assert before != source_digest(BuildConfig())
+    _write_jsonl(tmp_path / "tr.jsonl", _transfer_rows()[:2])
+    assert source_digest(BuildConfig(transfer_source=tr)) != before
 
 
 def test_bad_rows_are_rejected_with_reason_and_kept(tmp_path):
@@ -346,6 +424,7 @@ def test_builtin_outputs_are_unchanged():
     from flows.presets import CPU_DEMO
 
     with tempfile.TemporaryDirectory() as out:
-        assert build_dataset(BuildConfig(), Path(out) / "all").digest == "3558efc087f37823"
+        assert build_dataset(BuildConfig(), Path(out) / "all").digest == "b3598aa59aef575f"
         demo = build_dataset(CPU_DEMO["data"], Path(out) / "demo")
-        assert demo.digest == "76fef1e448d2e3ea" and (demo.sft_path, demo.pairs_path) == (None, None)
+        assert demo.digest == "89daca6f605c3f73" and (demo.sft_path, demo.pairs_path) == (None, None)
+        assert (demo.counts["eval"], demo.counts["transfer"]) == (80, 80)

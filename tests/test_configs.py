@@ -63,7 +63,8 @@ def test_configs_child_protocol_and_flows_load_without_torch():
     code = ("import sys\n"
             "import dpo_core.train.config, dpo_core.feedback.config, dpo_core.evaluate.config, dpo_core.inference.config\n"
             "import dpo_core.evaluate.gate, dpo_core.data.build_dataset, dpo_core.common.protocol\n"
-            "import flows.lifecycle, flows.sft, flows.dpo, flows.evaluate, flows.collect_feedback, flows.build_dataset\n"
+            "import flows.lifecycle, flows.iterative, flows.sft, flows.dpo, flows.evaluate, flows.collect_feedback\n"
+            "import flows.build_dataset, dpo_core.iterative\n"
             "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -62,7 +62,7 @@ def test_generic_prompts_with_a_local_judge_count_parse_failures_and_end_in_a_de
                                                                                      monkeypatch):
     """A tiny random judge never writes a rating or a verdict: every answer's grade and every
     comparison is a counted parse failure, no mean is invented, each prompt is answered once per
-    model, and the gate still decides (no rating on both sides: not promoted)."""
+    model (the same weights once), and the gate still decides (no rating on both sides: not promoted)."""
     asked = []
     answerer = stage._answerer
 
@@ -75,7 +75,7 @@ def test_generic_prompts_with_a_local_judge_count_parse_failures_and_end_in_a_de
     monkeypatch.setattr(stage, "_answerer", counting_answerer)
     cfg = EvalConfig(max_new_tokens=8, judge=f"local:{tiny_model}", judge_max_new_tokens=8, judge_max_retries=0)
     result = stage.evaluate(cfg, {"base": tiny_model, "sft": tiny_model, "dpo": other_model}, _generic(tmp_path), tmp_path)
-    assert asked == [3, 3, 3]  # the policies' answers: one per prompt and model
+    assert asked == [3, 3]  # one per prompt and model; base and sft are the same weights, answered once
     for label in ("base", "sft", "dpo"):
         assert result.scores[label]["judge/parse_failures"] == 3 and result.scores[label]["judge/parse_failure_rate"] == 1
         assert "judge/rating" not in result.scores[label] and not any(k.startswith("verifiable/") for k in result.scores[label])

@@ -56,6 +56,31 @@ def test_all_tied_or_below_margin_gives_no_pair(strategy):
     assert binarize(PROMPT, _cands([0.5, 0.6]), strategy, random.Random(0), min_margin=0.5) == []
 
 
+def _sized(scores_and_tokens):
+    return [JudgedCandidate("p1", i, "m", f"answer {i}", n, s, []) for i, (s, n) in enumerate(scores_and_tokens)]
+
+
+def test_length_tolerance_chooses_the_shortest_near_best_answer():
+    # answer 0 is best but longest; answer 1 is within 0.1 and shortest; answer 3 is short but too far below
+    cands = _sized([(1.0, 90), (0.95, 20), (0.5, 40), (0.0, 10)])
+    for seed in range(10):
+        (pair,) = binarize(PROMPT, cands, "best_vs_worst", random.Random(seed), length_tolerance=0.1)
+        assert (pair.chosen[0]["content"], pair.rejected[0]["content"]) == ("answer 1", "answer 3")
+        (plain,) = binarize(PROMPT, cands, "best_vs_worst", random.Random(seed))
+        assert plain.chosen[0]["content"] == "answer 0"
+    # the rejected answer must score below the (shorter) chosen one, by min_margin too
+    rejected = {binarize(PROMPT, cands, "best_vs_random", random.Random(s), length_tolerance=0.1)[0].rejected[0]["content"]
+                for s in range(30)}
+    assert rejected == {"answer 2", "answer 3"}
+    assert binarize(PROMPT, _sized([(1.0, 90), (0.95, 20)]), "best_vs_worst", random.Random(0),
+                    length_tolerance=0.1) == []  # nothing left below the chosen one
+
+
+def test_length_tolerance_refuses_all_pairs():
+    with pytest.raises(ValueError, match="length_tolerance"):
+        FeedbackConfig(binarize="all_pairs", length_tolerance=0.1)
+
+
 def test_collect_feedback_writes_candidates_and_valid_pairs(tiny_model, tmp_path):
     data = Path(__file__).parent / "data"
     built = build_dataset(BuildConfig(source=str(data / "prompts.jsonl"), eval_source=str(data / "eval_prompts.jsonl")),

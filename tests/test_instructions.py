@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import re
 import sys
 from collections import Counter
@@ -65,6 +66,23 @@ CASES: dict[str, tuple[dict, str, str]] = {
     "repeat_prompt": ({"text": "Write a poem."}, "Write a poem. Roses are red.", "write a poem. Roses."),
     "two_responses": ({}, "First take.\n******\nSecond take.", "Same.\n*******\nOther."),
     "sections": ({"n": 2}, "SECTION 1\nIntro.\nSECTION 2\nEnd.", "Section 1\nIntro.\nSECTION 2\nEnd."),
+    # the transfer split's own kinds
+    "no_digits": ({}, "Twenty-one owls, give or take.", "About 21 owls."),
+    "end_with_question": ({}, "Owls hunt at night. Have you seen one?", "Have you seen one? Owls hunt at night."),
+    "no_exclamation": ({}, "Calm and quiet.", "Wow! Owls."),
+    "min_sentences": ({"n": 3}, "One. Two! Three?", "It costs 3.5 dollars. Really!"),
+}
+
+# kind -> (args, responses that follow it in a form a model may well write): strict about the rule,
+# tolerant of formatting details
+TOLERATED: dict[str, tuple[dict, list[str]]] = {
+    "bullet_count": ({"n": 2}, ["• one\n• two", "- one\n* two"]),
+    "numbered_list": ({"n": 2}, ["1) a\n2) b"]),
+    "include_keywords": ({"keywords": ["mist"]}, ["MIST over the harbor."]),
+    "no_digits": ({}, ["Two hundred and six bones, no numerals."]),
+    "end_with_question": ({}, ['"Is that so?"', "Ready to try?**", "Who knows? (Do you?)\n"]),
+    "no_exclamation": ({}, ["Is 2 > 1? Yes."]),
+    "min_sentences": ({"n": 3}, ["First line.\nSecond one?\nThird, without a stop"]),
 }
 
 
@@ -87,6 +105,20 @@ def test_checker_pass_and_fail(kind: str) -> None:
     args, good, bad = CASES[kind]
     assert check_instructions(good, [_instr(kind, **args)]) == [True]
     assert check_instructions(bad, [_instr(kind, **args)]) == [False]
+
+
+@pytest.mark.parametrize("kind", sorted(TOLERATED))
+def test_checkers_tolerate_format_details(kind: str) -> None:
+    args, responses = TOLERATED[kind]
+    for response in responses:
+        assert check_instructions(response, [_instr(kind, **args)]) == [True], response
+
+
+def test_new_kinds_stay_strict() -> None:
+    assert not CHECKERS["no_digits"]("Chapter 1")
+    assert not CHECKERS["end_with_question"]("Why? Because.")
+    assert not CHECKERS["no_exclamation"]("Hello！")  # full-width
+    assert not CHECKERS["min_sentences"]("Version 3.5 is one sentence.", n=2)  # "3.5" ends no sentence
 
 
 def test_one_result_per_instruction_in_order() -> None:
@@ -189,11 +221,12 @@ def rows() -> list[dict]:
 
 
 def test_shipped_set_sizes_and_ids(rows: list[dict]) -> None:
-    assert len(rows) >= 420
-    assert Counter(r["split"] for r in rows) == {"train": 340, "eval": 80}
+    assert len(rows) == 540
+    assert Counter(r["split"] for r in rows) == {"train": 340, "eval": 80, "transfer": 120}
     assert len({r["id"] for r in rows}) == len(rows)
     assert all(re.fullmatch(r"ifx-\d{4}", r["id"]) for r in rows)
     assert len(load_instruction_set(split="eval")) == 80
+    assert len(load_instruction_set(split="transfer")) == 120
 
 
 def test_shipped_instructions_validate(rows: list[dict]) -> None:
@@ -203,10 +236,52 @@ def test_shipped_instructions_validate(rows: list[dict]) -> None:
             validate_instruction(instr)
 
 
-def test_every_kind_appears_at_least_five_times_per_split(rows: list[dict]) -> None:
+def _usage(rows: list[dict], split: str) -> Counter[str]:
+    return Counter(i["kind"] for r in rows if r["split"] == split for i in r["instructions"])
+
+
+def test_every_kind_appears_at_least_five_times_per_split(rows: list[dict], gen: ModuleType) -> None:
+    seen = set(CHECKERS) - gen.TRANSFER_KINDS
     for split in ("train", "eval"):
-        usage = Counter(i["kind"] for r in rows if r["split"] == split for i in r["instructions"])
-        assert {k: usage[k] for k in CHECKERS if usage[k] < 5} == {}, split
+        usage = _usage(rows, split)
+        assert {k: usage[k] for k in seen if usage[k] < 5} == {}, split
+
+
+def test_transfer_only_kinds_occur_only_in_transfer_and_often(rows: list[dict], gen: ModuleType) -> None:
+    assert len(gen.TRANSFER_KINDS) >= 3 and gen.TRANSFER_KINDS <= set(CHECKERS)
+    for split in ("train", "eval"):
+        assert not gen.TRANSFER_KINDS & set(_usage(rows, split)), split
+    usage = _usage(rows, "transfer")
+    assert {k: usage[k] for k in gen.TRANSFER_KINDS if usage[k] < 10} == {}
+    assert len(set(usage) - gen.TRANSFER_KINDS) >= 20  # most rows test known kinds in new words
+
+
+def test_training_phrasings_are_varied(gen: ModuleType) -> None:
+    assert set(gen.PHRASINGS) == set(CHECKERS) - gen.TRANSFER_KINDS
+    assert all(len(p) >= 4 for p in gen.PHRASINGS.values())
+    assert len(gen.TRAIN_TASKS) >= 40 and len(gen.TRAIN_TOPICS) >= 55
+
+
+def _matches(template: str, prompt: str, gen: ModuleType) -> bool:
+    return gen._template_pattern(template).search(prompt) is not None
+
+
+def test_transfer_phrasings_never_appear_in_train_or_eval(rows: list[dict], gen: ModuleType) -> None:
+    train_templates = {t for p in gen.PHRASINGS.values() for t in p}
+    transfer_templates = {t for p in gen.TRANSFER_PHRASINGS.values() for t in p}
+    assert not train_templates & transfer_templates
+    seen = [r["prompt"] for r in rows if r["split"] != "transfer"]
+    for template in transfer_templates:
+        assert not any(_matches(template, p, gen) for p in seen), template
+    # and the check is not vacuous: the transfer prompts do use those sentences, not train's
+    transfer = [r["prompt"] for r in rows if r["split"] == "transfer"]
+    assert all(any(_matches(t, p, gen) for t in transfer_templates) for p in transfer)
+    assert not any(_matches(t, p, gen) for t in train_templates for p in transfer)
+
+
+def test_eval_uses_training_phrasings(rows: list[dict], gen: ModuleType) -> None:
+    templates = [t for p in gen.PHRASINGS.values() for t in p]
+    assert all(any(_matches(t, r["prompt"], gen) for t in templates) for r in rows if r["split"] == "eval")
 
 
 def test_instruction_count_mix(rows: list[dict]) -> None:
@@ -217,12 +292,14 @@ def test_instruction_count_mix(rows: list[dict]) -> None:
 
 
 def test_splits_share_no_prompt_text_or_topic(rows: list[dict], gen: ModuleType) -> None:
-    prompts = {s: [r["prompt"] for r in rows if r["split"] == s] for s in ("train", "eval")}
-    assert not set(prompts["train"]) & set(prompts["eval"])
-    assert not set(gen.TRAIN_TOPICS) & set(gen.EVAL_TOPICS)
-    assert not set(gen.TRAIN_TASKS) & set(gen.EVAL_TASKS)
-    for split, other in (("train", gen.EVAL_TOPICS), ("eval", gen.TRAIN_TOPICS)):
-        for topic in other:
+    splits = ("train", "eval", "transfer")
+    prompts = {s: [r["prompt"] for r in rows if r["split"] == s] for s in splits}
+    topics = {"train": gen.TRAIN_TOPICS, "eval": gen.EVAL_TOPICS, "transfer": gen.TRANSFER_TOPICS}
+    tasks = {"train": gen.TRAIN_TASKS, "eval": gen.EVAL_TASKS, "transfer": gen.TRANSFER_TASKS}
+    for split, other in itertools.permutations(splits, 2):
+        assert not set(prompts[split]) & set(prompts[other])
+        assert not set(topics[split]) & set(topics[other]) and not set(tasks[split]) & set(tasks[other])
+        for topic in topics[other]:
             pattern = re.compile(rf"\b{re.escape(topic)}\b", re.IGNORECASE)
             assert not any(pattern.search(p) for p in prompts[split]), (split, topic)
 

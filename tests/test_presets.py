@@ -64,3 +64,20 @@ def test_a_misspelt_field_is_refused_not_ignored():
     flow = load_flow_from_entrypoint("flows/lifecycle.py:lifecycle")
     with pytest.raises(ParameterTypeError, match="dpo.num_procesess"):
         flow.validate_parameters({"dpo": {"num_procesess": 8}})
+
+
+def test_quality_deployment_is_the_quality_preset():
+    from flows.presets import QUALITY
+
+    flow = load_flow_from_entrypoint("flows/iterative.py:iterative")
+    validated = flow.validate_parameters({d["name"]: d["parameters"] for d in PRESETS}["quality"])
+    for name in ("data", "feedback", "rounds", "dpo"):
+        assert validated[name] == QUALITY[name], name
+
+
+def test_nightly_retraining_is_one_round_from_the_champion():
+    flow = load_flow_from_entrypoint("flows/iterative.py:iterative")
+    nightly = {d["name"]: d for d in PRESETS}["iterative-nightly"]
+    validated = flow.validate_parameters(nightly["parameters"])
+    assert (validated["start_from"], validated["rounds"].rounds) == ("champion", 1)
+    assert nightly["schedules"][0]["cron"]

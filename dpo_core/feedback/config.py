@@ -37,6 +37,10 @@ class FeedbackConfig:
         "best_vs_random", description="Pairing rule (dpo_core.feedback.binarize): Zephyr's best vs a random lower "
                                       "one by default")
     min_margin: float = Field(0.0, ge=0.0, le=1.0, description="A pair's scores must differ by at least this much")
+    length_tolerance: float = Field(0.0, ge=0.0, le=1.0, description=(
+        "Length watch: the chosen answer is the shortest scoring within this of the best (0: off; 0.1 on the "
+        "verifiable judge's 0-1 scale prefers a shorter answer that misses at most a tenth of the instructions); "
+        "iterated DPO otherwise learns that longer answers win"))
     cache_path: str | None = Field(None, description="The item cache (default: feedback-items.sqlite beside the output)")
 
     def __post_init__(self):
@@ -50,3 +54,7 @@ class FeedbackConfig:
             check_model_spec(rest, "judge reward:")
         for spec in self.generators:
             check_model_spec(spec, "generators")
+        if self.length_tolerance and self.binarize == "all_pairs":
+            raise ValueError(f"length_tolerance={self.length_tolerance} picks one chosen answer per prompt, and "
+                             "binarize=all_pairs pairs every two: use best_vs_random or best_vs_worst, or set "
+                             "length_tolerance=0")

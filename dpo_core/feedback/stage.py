@@ -101,7 +101,7 @@ def collect_feedback(
                   for i, ((source, text, n_tokens), score, detail) in
                   enumerate(zip(samples[prompt.id], verdict.scores, verdict.details, strict=True))]
         candidates += judged
-        pairs += binarize(prompt, judged, cfg.binarize, rng, cfg.min_margin)
+        pairs += binarize(prompt, judged, cfg.binarize, rng, cfg.min_margin, cfg.length_tolerance)
 
     cand_path = write_jsonl(out_dir / "candidates.jsonl", (c.to_dict() for c in candidates))
     pairs_path = write_jsonl(out_dir / "pairs.jsonl", (p.to_dict() for p in pairs))

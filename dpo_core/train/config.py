@@ -132,7 +132,8 @@ def sft_needs_feedback(sources: list[str]) -> bool:
 
 @config_dataclass
 class DPOConfig(TrainConfig):
-    """The model passed to ``train_dpo`` is both the starting policy and the reference."""
+    """The model passed to ``train_dpo`` is the starting policy and, unless ``train_dpo`` is given a
+    ``reference_model``, the reference too."""
 
     beta: float = Field(0.1, gt=0.0, le=10.0, description="Strength of the KL anchor to the reference (DPO's beta; "
                                                           "0.1 as in Zephyr)")
@@ -149,6 +150,16 @@ class DPOConfig(TrainConfig):
                                                  "same result, fewer tokens)")
     eval_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="Share of pairs held out for eval_ metrics and "
                                                                   "the evaluation stage's preference accuracy")
+    sync_ref_model: bool = Field(False, description=(
+        "TR-DPO (Gorbatovski et al. 2024, \"Learn Your Reference Model for Real Good Alignment\"; TRL's name): "
+        "every ref_model_sync_steps optimizer steps the reference moves towards the policy, "
+        "ref = alpha * policy + (1 - alpha) * ref. Keeps a full copy of the reference (LoRA too), saved with "
+        "each checkpoint, and needs precompute_reference=False"))
+    ref_model_mixup_alpha: float = Field(0.6, gt=0.0, le=1.0, description=(
+        "sync_ref_model only: the policy's share alpha in each soft update (TRL's default 0.6; 1 is the paper's "
+        "hard update: the reference becomes the policy)"))
+    ref_model_sync_steps: int = Field(512, ge=1, description=(
+        "sync_ref_model only: optimizer steps between soft updates (TRL's default 512)"))
 
     def __post_init__(self):
         super().__post_init__()
@@ -163,6 +174,27 @@ class DPOConfig(TrainConfig):
         if self.eval_steps and not self.eval_fraction:
             raise ValueError(f"eval_steps={self.eval_steps} needs held-out pairs: set eval_fraction above 0 "
                              "(0.1, say) or eval_steps=0")
+        self._check_tr_dpo()
+
+    def _check_tr_dpo(self):
+        """TR-DPO's settings, refused where they would do nothing or cannot work."""
+        fields = type(self).__pydantic_fields__
+        changed = [f"{name}={getattr(self, name)}" for name in ("ref_model_mixup_alpha", "ref_model_sync_steps")
+                   if getattr(self, name) != fields[name].default]
+        if changed and not self.sync_ref_model:
+            raise ValueError(f"{', '.join(changed)}: read only by TR-DPO; set sync_ref_model=True or keep the "
+                             "default")
+        if not self.sync_ref_model:
+            return
+        if self.precompute_reference:
+            raise ValueError("sync_ref_model=True moves the reference during training, so its log-probs cannot be "
+                             "precomputed: set precompute_reference=False")
+        if not self.needs_reference:
+            raise ValueError(f"sync_ref_model=True with loss_type={self.loss_type}: these losses read no reference; "
+                             "add a reference-based loss (sigmoid, say) or set sync_ref_model=False")
+        if self.sharding == "fsdp":
+            raise ValueError("sync_ref_model=True is not implemented for sharding=fsdp: set sharding=none or "
+                             "sync_ref_model=False")
 
     @property
     def weights(self) -> list[float]:

@@ -22,7 +22,7 @@ import math
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -172,6 +172,8 @@ def fit(
     out_dir: Path,
     on_step: Callable[[int, int, dict], None] | None = None,
     eval_examples: Sequence = (),
+    after_step: Callable[[int], dict[str, float]] | None = None,
+    checkpointed: Mapping[str, torch.nn.Module] | None = None,
 ) -> dict:
     """Optimise ``step_loss`` over ``examples``.
 
@@ -184,6 +186,11 @@ def fit(
     permutation seeded by ``seed + epoch``, so a resumed run sees exactly the data an
     uninterrupted one would. Each process trains on every ``processes``-th of them; the main
     process alone writes metrics and checkpoints.
+
+    ``after_step(step)`` runs on every process after each optimizer step, before evaluation and the
+    checkpoint (TR-DPO's reference update), and returns metrics for the step's line.
+    ``checkpointed``: modules besides ``model`` that change during training (that reference), saved
+    whole with each checkpoint as NAME.safetensors and restored on resume.
     """
     out_dir = Path(out_dir)
     sharded = sharding.is_sharded(model)  # gradients reduce-scattered by FSDP; every process in lockstep
@@ -196,7 +203,8 @@ def fit(
     total_steps = min(steps_per_epoch * cfg.epochs, cfg.max_steps or math.inf)
     scheduler = get_scheduler(cfg.scheduler, optimizer.lead, num_warmup_steps=round(cfg.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
-    step = _resume(model, optimizer, scheduler, out_dir)
+    checkpointed = checkpointed or {}
+    step = _resume(model, optimizer, scheduler, out_dir, checkpointed)
     metrics_path = out_dir / "metrics.jsonl"
     if distributed.is_main():
         print(describe_precision(cfg), flush=True)
@@ -228,13 +236,15 @@ def fit(
             release_freed_memory()
             step += 1
             last = sums | {"grad_norm": grad_norm, "learning_rate": lr, "epoch": step / steps_per_epoch}
+            if after_step:
+                last |= after_step(step)
             if eval_examples and ((cfg.eval_steps and step % cfg.eval_steps == 0) or step == total_steps):
                 last |= evaluate_loss(model, eval_examples, make_batch, step_loss, answer_tokens, cfg)
             if log is not None:  # before the checkpoint: a run resumed from it has this step's line
                 log.write(json.dumps({"step": step} | last) + "\n")
                 log.flush()
             if cfg.save_steps and step % cfg.save_steps == 0 and step < total_steps:
-                _save_checkpoint(model, optimizer, scheduler, step, out_dir, cfg.save_total_limit)
+                _save_checkpoint(model, optimizer, scheduler, step, out_dir, cfg.save_total_limit, checkpointed)
             if on_step and log is not None:
                 on_step(step, total_steps, last)
     return last | {"train_runtime": time.perf_counter() - started}
@@ -289,11 +299,12 @@ def save_trained(model, tokenizer, cfg: TrainConfig, out_dir: Path, metrics: dic
 _SHARDED = "sharded"  # a checkpoint's folder of torch.distributed.checkpoint shards (sharding=fsdp)
 
 
-def _save_checkpoint(model, optimizer, scheduler, step: int, out_dir: Path, keep: int) -> None:
-    """Trainable weights, optimizer, scheduler and RNG state, written to a temp folder that the
-    main process then renames: the weights and optimizer by the main process alone, or with a
-    sharded model by every process its own shards. The others wait, so none runs ahead of a
-    checkpoint it may resume from."""
+def _save_checkpoint(model, optimizer, scheduler, step: int, out_dir: Path, keep: int,
+                     checkpointed: Mapping[str, torch.nn.Module]) -> None:
+    """Trainable weights, the ``checkpointed`` modules' weights, optimizer, scheduler and RNG state,
+    written to a temp folder that the main process then renames: the weights and optimizer by the
+    main process alone, or with a sharded model by every process its own shards. The others wait,
+    so none runs ahead of a checkpoint it may resume from."""
     root = out_dir / "checkpoints"
     tmp = root / f".step-{step:06d}"
     if sharding.is_sharded(model):
@@ -308,6 +319,8 @@ def _save_checkpoint(model, optimizer, scheduler, step: int, out_dir: Path, keep
         trainable = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
         save_file(trainable, tmp / "trainable.safetensors")
         state["optimizer"] = optimizer.state_dict()
+    for name, module in checkpointed.items():  # named_parameters lists a tied weight once, as safetensors needs
+        save_file({n: p.detach().cpu().contiguous() for n, p in module.named_parameters()}, tmp / f"{name}.safetensors")
     torch.save(state, tmp / "state.pt")
     tmp.rename(root / f"step-{step:06d}")
     for old in sorted(root.glob("step-*"))[:-keep]:
@@ -315,7 +328,7 @@ def _save_checkpoint(model, optimizer, scheduler, step: int, out_dir: Path, keep
     distributed.barrier()
 
 
-def _resume(model, optimizer, scheduler, out_dir: Path) -> int:
+def _resume(model, optimizer, scheduler, out_dir: Path, checkpointed: Mapping[str, torch.nn.Module]) -> int:
     """Load the newest checkpoint under ``out_dir``, if any; return the step it was taken at."""
     checkpoints = sorted((out_dir / "checkpoints").glob("step-*"))
     if not checkpoints:
@@ -335,6 +348,12 @@ def _resume(model, optimizer, scheduler, out_dir: Path) -> int:
             raise ValueError(f"checkpoint {latest} does not match this model (missing {missing[:3]}); delete it to "
                              "restart")
         model.load_state_dict(weights, strict=False)
+    for name, module in checkpointed.items():
+        if not (latest / f"{name}.safetensors").exists():
+            raise ValueError(f"checkpoint {latest} holds no {name} weights, which this run changes as it trains (it "
+                             "was written by a run with other settings): delete the checkpoints folder to restart")
+        with torch.no_grad():
+            module.load_state_dict(load_file(latest / f"{name}.safetensors", device=str(device())), strict=False)
     state = torch.load(latest / "state.pt", weights_only=True)
     if not sharded:
         optimizer.load_state_dict(state["optimizer"])

@@ -13,6 +13,7 @@ class DatasetRef(BaseModel):
     counts: dict[str, int]
     sft_path: str | None = None  # the team's conversations (SFTRecord per line)
     pairs_path: str | None = None  # the team's preference pairs (PreferencePair per line)
+    transfer_path: str | None = None  # held-out prompts phrased unlike training's: does a gain transfer?
 
 
 class FeedbackRef(BaseModel):
@@ -36,6 +37,7 @@ class EvalReport(BaseModel):
     samples_path: str
     scores: dict[str, dict[str, float]]
     head_to_head: list[dict]
+    transfer_samples_path: str | None = None  # the same models' answers to the transfer prompts
 
 
 class PromotionDecision(BaseModel):

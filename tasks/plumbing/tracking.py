@@ -84,6 +84,23 @@ def stage_run(stage: str, parent_run_id: str, params: dict) -> Iterator[str]:
     mlflow.end_run("FINISHED")
 
 
+@contextmanager
+def round_run(parent_run_id: str, round_no: int, params: dict) -> Iterator[str]:
+    """One round of the iterative flow: a child run of the flow's parent, parent in turn of the
+    round's stage runs; ended FINISHED, FAILED or KILLED as ``flow_parent_run`` is."""
+    client = MlflowClient(tracking_uri())
+    run = client.create_run(experiment_id(), run_name=f"round-{round_no}",
+                            tags={"mlflow.parentRunId": parent_run_id, "stage": "round", "round": str(round_no)})
+    for key, value in flatten(params).items():
+        client.log_param(run.info.run_id, key, value)
+    try:
+        yield run.info.run_id
+    except BaseException as exc:
+        client.set_terminated(run.info.run_id, ended_status(exc))
+        raise
+    client.set_terminated(run.info.run_id, "FINISHED")
+
+
 def log_step_metrics(metrics_path: Path) -> None:
     """Log a trainer's ``metrics.jsonl`` (one line per optimizer step) as MLflow step metrics,
     under TRL's names (``loss``, ``rewards/margins``, ``eval_loss``...) so dashboards carry over."""

@@ -30,8 +30,8 @@ CHECKERS: dict[str, Checker] = {}
 _WORD = re.compile(r"\b\w+\b")
 _SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)")
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n|^[ \t]*\*\*\*[ \t]*$", re.MULTILINE)
-_BULLET = re.compile(r"^[ \t]*[*-][ \t]+\S", re.MULTILINE)
-_NUMBERED_ITEM = re.compile(r"^[ \t]*\d+\.[ \t]+\S", re.MULTILINE)
+_BULLET = re.compile(r"^[ \t]*[*\-•][ \t]+\S", re.MULTILINE)
+_NUMBERED_ITEM = re.compile(r"^[ \t]*\d+[.)][ \t]+\S", re.MULTILINE)
 _JSON_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL | re.IGNORECASE)
 _TITLE = re.compile(r"<<([^\n]+?)>>")
 # *text* or **text**: no space just inside the asterisks, so "* bullet" lines don't count.
@@ -39,6 +39,9 @@ _HIGHLIGHT = re.compile(r"(?<!\*)(\*{1,2})[^\s*](?:[^\n*]*[^\s*])?\1(?!\*)")
 _PLACEHOLDER = re.compile(r"\[[^\[\]\n]+\]")
 _SIX_ASTERISKS = re.compile(r"(?<!\*)\*{6}(?!\*)")
 _SECTION_MARK = re.compile(r"\bSECTION\s+\d+")
+_DIGIT = re.compile(r"[0-9]")
+# Closing quotes, brackets and markdown emphasis may follow a response's final question mark.
+_TRAILING_WRAPPERS = "\"'”’»)]*_` \t\n"
 
 
 def _register(fn: Checker) -> Checker:
@@ -98,7 +101,7 @@ def exact_paragraphs(response: str, *, n: int) -> bool:
 
 @_register
 def bullet_count(response: str, *, n: int) -> bool:
-    """Exactly n markdown bullet lines starting with `* ` or `- `."""
+    """Exactly n markdown bullet lines starting with `* `, `- ` or `• `."""
     return len(_BULLET.findall(response)) == n
 
 
@@ -192,7 +195,7 @@ def placeholders(response: str, *, n: int) -> bool:
 
 @_register
 def numbered_list(response: str, *, n: int) -> bool:
-    """Exactly n numbered list lines, `1. ...`, `2. ...`."""
+    """Exactly n numbered list lines, `1. ...` or `1) ...`."""
     return len(_NUMBERED_ITEM.findall(response)) == n
 
 
@@ -219,6 +222,33 @@ def two_responses(response: str) -> bool:
 def sections(response: str, *, n: int) -> bool:
     """Exactly n section markers "SECTION 1", "SECTION 2", ... (uppercase, as asked)."""
     return len(_SECTION_MARK.findall(response)) == n
+
+
+# --- kinds that occur only in the shipped set's transfer split: does following instructions generalize? ---
+
+
+@_register
+def no_digits(response: str) -> bool:
+    """No digit 0-9 anywhere (numbers spelled out in words are fine)."""
+    return _DIGIT.search(response) is None
+
+
+@_register
+def end_with_question(response: str) -> bool:
+    """The response's last character is "?", closing quotes, brackets or emphasis aside."""
+    return response.rstrip(_TRAILING_WRAPPERS).endswith("?")
+
+
+@_register
+def no_exclamation(response: str) -> bool:
+    """No exclamation mark, ASCII or full-width."""
+    return "!" not in response and "！" not in response
+
+
+@_register
+def min_sentences(response: str, *, n: int) -> bool:
+    """At least n sentences, counted as max_sentences counts them."""
+    return _count_sentences(response) >= n
 
 
 @cache

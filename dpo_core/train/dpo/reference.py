@@ -1,12 +1,15 @@
-"""Reference log-probabilities, computed once and kept on disk.
+"""Reference log-probabilities, computed once and kept on disk; and TR-DPO's moving reference.
 
-The reference never changes during training, so its log-probs over the training pairs are
+A fixed reference never changes during training, so its log-probs over the training pairs are
 computed in one no-grad pass before the first step, and stored under a key made of the reference
 model's fingerprint, the precision it ran in (bf16 autocast or fp32, as training runs: bf16
 rounding moves a sequence's log-prob by some 1e-3 nats, as much as DPO's first rewards) and the
 digest of the exact token ids (which covers the data, the chat template and the truncation). A
 later run with the same key, a new beta or loss say, reads them back instead of running the
 reference again.
+
+TR-DPO (``sync_ref_model``) moves the reference towards the policy during training instead
+(``soft_update``), so its log-probs are computed every step by a full frozen copy.
 """
 
 from __future__ import annotations
@@ -79,3 +82,34 @@ def load_or_compute(path: Path, compute) -> tuple[torch.Tensor, bool]:
         save_file({"logps": logps.contiguous()}, tmp)
         tmp.replace(path)
     return logps, False
+
+
+@torch.no_grad()
+def soft_update(reference, policy, alpha: float) -> None:
+    """TR-DPO's soft update (Gorbatovski et al. 2024), ``ref = alpha * policy + (1 - alpha) * ref``
+    parameter by parameter in place, the operations of TRL's ``SyncRefModelCallback``; a PEFT
+    policy contributes its effective weights (base + LoRA delta), since its base alone never moves."""
+    policy_weights = effective_weights(policy)
+    for name, ref in reference.named_parameters():
+        ref.mul_(1.0 - alpha).add_(policy_weights[name], alpha=alpha)
+
+
+@torch.no_grad()
+def effective_weights(policy) -> dict[str, torch.Tensor]:
+    """The weights ``policy`` computes with, under the plain model's parameter names: for a PEFT
+    model each LoRA layer's base weight plus its active adapters' deltas (peft's
+    ``get_delta_weight``, what ``merge_adapter`` would add, without touching the base)."""
+    from peft import PeftModel
+    from peft.tuners.lora import LoraLayer
+
+    if not isinstance(policy, PeftModel):
+        return dict(policy.named_parameters())
+    model = policy.get_base_model()
+    weights = dict(model.named_parameters())  # a LoRA layer's own names (base_layer, lora_A, ...) go unread
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer):
+            base = module.get_base_layer()
+            weights[f"{name}.weight"] = base.weight + sum(module.get_delta_weight(a) for a in module.active_adapters)
+            if base.bias is not None:
+                weights[f"{name}.bias"] = base.bias
+    return weights

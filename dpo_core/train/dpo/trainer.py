@@ -3,19 +3,27 @@
 Lifecycle: ``setup`` (model, reference, tokenized pairs) -> reference log-probs (once, cached on
 disk) -> ``fit`` (the shared loop: accumulation, schedule, eval, checkpoints, resume) -> save.
 
-Reference modes: ``precompute_reference`` (default) runs the reference once over all pairs
-before training, with the policy itself (identical to the reference at step 0), caching the
-result on disk; otherwise the reference runs every step: the policy with its LoRA adapter
-disabled, or a frozen copy for a full fine-tune. Either way it runs in the training's precision
-(bf16 autocast or fp32), so the two modes give the same log-probs. Under FSDP (``sharding="fsdp"``)
-the precomputed pass runs on the sharded policy, not on the model before sharding: an unsharded
-pass would need the whole model on every device, which is what sharding avoids, and the sharded
-policy before its first step computes exactly the reference's log-probs. A per-step frozen copy is
-sharded the same way.
+The reference is the starting policy, or ``reference_model`` (iterative DPO's pi_0, say, while round
+r starts from pi_{r-1}). With ``precompute_reference`` (default) its log-probs over all pairs are
+computed once before training and cached on disk under its fingerprint: the starting policy computes
+them itself (before its first step it is the reference: a fresh LoRA adapter adds zero); a
+``reference_model`` is loaded, run and freed before the policy loads, so one model is in memory at a
+time. Otherwise the reference runs every step: the policy with its LoRA adapter disabled when the
+reference is the starting policy, else a frozen copy. Either way it runs in the training's precision
+(bf16 autocast or fp32), so the two modes give the same log-probs. TR-DPO (``sync_ref_model``) runs
+a frozen full copy every step and moves it towards the policy every ``ref_model_sync_steps`` steps;
+the copy is saved with each checkpoint.
+
+Under FSDP (``sharding="fsdp"``) the precomputed pass runs on a sharded model, not on one before
+sharding: an unsharded pass would need the whole model on every device, which is what sharding
+avoids; the sharded policy before its first step computes exactly the reference's log-probs, and a
+``reference_model`` is sharded for its pass as the policy is. A per-step frozen copy is sharded the
+same way.
 """
 
 from __future__ import annotations
 
+import gc
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -32,7 +40,14 @@ from dpo_core.train import distributed, sharding
 from dpo_core.train.batching import Batch, answer_token_logps, collate, to_device
 from dpo_core.train.config import DPOConfig
 from dpo_core.train.dpo.losses import LossSettings, PairLogps, combined_loss
-from dpo_core.train.dpo.reference import cache_path, compute_reference_logps, load_or_compute, pair_logps, reference_key
+from dpo_core.train.dpo.reference import (
+    cache_path,
+    compute_reference_logps,
+    load_or_compute,
+    pair_logps,
+    reference_key,
+    soft_update,
+)
 from dpo_core.train.loop import (
     Totals,
     TrainResult,
@@ -69,35 +84,50 @@ def read_pairs(pairs_paths: Sequence[Path]) -> list[PreferencePair]:
 
 def train_dpo(
     cfg: DPOConfig, model_ref: str, pairs_paths: Sequence[Path], out_dir: Path,
-    on_step: Callable[[int, int, dict], None] | None = None,
+    on_step: Callable[[int, int, dict], None] | None = None, reference_model: str | None = None,
 ) -> TrainResult:
-    """Train ``model_ref`` (policy and reference) on the pairs of every file in ``pairs_paths``."""
-    torch.manual_seed(cfg.seed)
+    """Train ``model_ref`` on the pairs of every file in ``pairs_paths`` against ``reference_model``
+    (default: ``model_ref`` itself, the starting policy)."""
     pairs = read_pairs(pairs_paths)
     path = resolve_model(model_ref)
+    ref_path = path if reference_model is None else resolve_model(reference_model)
     tokenizer = load_tokenizer(path)
+    if reference_model is not None:
+        require_same_vocabulary(tokenizer, ref_path)
     tokens = [tokenize_answers(tokenizer, p.prompt, [p.chosen[0]["content"], p.rejected[0]["content"]]) for p in pairs]
     truncated_pairs = sum(overflow(prompt, answers, cfg.max_length) > 0 for prompt, answers in tokens)
     examples = [truncate(prompt, answers, cfg.max_length) for prompt, answers in tokens]
-    policy = prepare_for_training(load_model(path, device=load_device(cfg)), cfg)
 
-    # Before the first step the policy *is* the reference (a fresh LoRA adapter adds zero), so
-    # precomputed reference log-probs need no second copy of the weights. Only a per-step
-    # reference needs one: the adapter-disabled policy with LoRA, a frozen copy otherwise.
-    ref_model = None
-    if cfg.needs_reference and not cfg.precompute_reference:
-        ref_model = policy if cfg.lora else frozen_copy(path, cfg)
-    ref_logps = torch.zeros(len(examples), 2)
-    reused, ref_started = False, time.perf_counter()
-    if cfg.needs_reference and cfg.precompute_reference:
-        key = reference_key(model_fingerprint(path), examples, resolved_precision(cfg))
+    def precomputed(model: Callable[[], torch.nn.Module], disable_adapter: bool) -> tuple[torch.Tensor, bool, float]:
+        """The reference's log-probs from the cache, else from ``model()``; whether cached; seconds taken."""
+        started = time.perf_counter()
+        key = reference_key(model_fingerprint(ref_path), examples, resolved_precision(cfg))
         with autocast(cfg):  # the precision training runs in, as a per-step reference runs inside fit's autocast
-            ref_logps, reused = load_or_compute(cache_path(cache_dir(), key), lambda: compute_reference_logps(
-                policy, examples, tokenizer.pad_token_id, cfg.batch_size, cfg.share_prefix, disable_adapter=cfg.lora))
-    reference_runtime = time.perf_counter() - ref_started
-    if distributed.is_main():
+            logps, reused = load_or_compute(cache_path(cache_dir(), key), lambda: compute_reference_logps(
+                model(), examples, tokenizer.pad_token_id, cfg.batch_size, cfg.share_prefix, disable_adapter))
+        return logps, reused, time.perf_counter() - started
+
+    precompute = cfg.needs_reference and cfg.precompute_reference
+    ref_logps, reused, reference_runtime = torch.zeros(len(examples), 2), False, 0.0
+    if precompute and reference_model is not None:  # loaded (unless cached), run and freed before the policy loads
+        ref_logps, reused, reference_runtime = precomputed(lambda: frozen_copy(ref_path, cfg), disable_adapter=False)
+        gc.collect()  # the copy went with the call, unless reference cycles (a sharded copy's hooks) hold it
+    torch.manual_seed(cfg.seed)  # the LoRA init and dropout draw from here, whichever reference ran before
+    policy = prepare_for_training(load_model(path, device=load_device(cfg)), cfg)
+    if precompute and reference_model is None:
+        # Before the first step the policy *is* the reference (a fresh LoRA adapter adds zero), so
+        # precomputed reference log-probs need no second copy of the weights.
+        ref_logps, reused, reference_runtime = precomputed(lambda: policy, disable_adapter=cfg.lora)
+    if precompute and distributed.is_main():
         print(f"reference log-probs: {'reused from disk' if reused else 'computed'} in {reference_runtime:.1f}s",
               flush=True)
+
+    # A per-step reference: the adapter-disabled policy while the reference is the unmoving starting
+    # policy of a LoRA run, else a frozen copy (TR-DPO's moves, so it is a full copy even with LoRA).
+    ref_model = None
+    if cfg.needs_reference and not cfg.precompute_reference:
+        adapter_off = cfg.lora and reference_model is None and not cfg.sync_ref_model
+        ref_model = policy if adapter_off else frozen_copy(ref_path, cfg)
 
     order = list(range(len(pairs)))
     random.Random(cfg.seed).shuffle(order)
@@ -116,7 +146,7 @@ def train_dpo(
         logps, mean_logits = answer_token_logps(policy, pb.batch)
         ref = pb.ref
         if cfg.needs_reference and not cfg.precompute_reference:
-            ref = pair_logps(ref_model, pb.batch, disable_adapter=cfg.lora)
+            ref = pair_logps(ref_model, pb.batch, disable_adapter=ref_model is policy)
         return dpo_step(logps, mean_logits, pb.batch.answer_mask, ref, settings, cfg.loss_type, cfg.weights,
                         pb.batch.num_tokens, totals)
 
@@ -124,15 +154,35 @@ def train_dpo(
         (_, (chosen, _)), _ = item
         return len(chosen)
 
-    metrics = fit(policy, train_set, make_batch, step_loss, chosen_tokens, cfg, out_dir, on_step, eval_set)
+    def sync_reference(step: int) -> dict[str, float]:
+        """TR-DPO: the same deterministic update on every process (all hold the same policy)."""
+        if step % cfg.ref_model_sync_steps == 0:
+            soft_update(ref_model, policy, cfg.ref_model_mixup_alpha)
+        return {"ref_syncs": float(step // cfg.ref_model_sync_steps)}
+
+    metrics = fit(policy, train_set, make_batch, step_loss, chosen_tokens, cfg, out_dir, on_step, eval_set,
+                  after_step=sync_reference if cfg.sync_ref_model else None,
+                  checkpointed={"reference": ref_model} if cfg.sync_ref_model else None)
     metrics |= {"train_pairs": len(train_set), "eval_pairs": len(eval_set), "truncated_pairs": truncated_pairs,
-                "reference_reused": float(reused), "reference_runtime": reference_runtime}
+                "reference_reused": float(reused), "reference_runtime": reference_runtime,
+                "reference_is_policy": float(reference_model is None)}
     return save_trained(policy, tokenizer, cfg, out_dir, metrics)
 
 
+def require_same_vocabulary(tokenizer, ref_path: str) -> None:
+    """The reference scores the policy's token ids, so it must have the policy's vocabulary (not
+    its chat template: it sees ids only)."""
+    from transformers import AutoTokenizer
+
+    if AutoTokenizer.from_pretrained(ref_path).get_vocab() != tokenizer.get_vocab():
+        raise ValueError(f"reference_model {ref_path} has another vocabulary than the policy: the reference scores "
+                         "the policy's token ids, so use a model with the policy's tokenizer (pi_0 of the same "
+                         "SFT model, say)")
+
+
 def frozen_copy(path: str, cfg: DPOConfig):
-    """A full fine-tune's per-step reference: the starting model, frozen, on the device or, under
-    FSDP, sharded as the policy is."""
+    """A reference model apart from the policy: the model at ``path``, frozen, on the device or,
+    under FSDP, sharded as the policy is."""
     model = load_model(path, device=load_device(cfg)).eval().requires_grad_(False)
     return sharding.shard_model(model) if cfg.sharding == "fsdp" else model
 
