@@ -29,11 +29,12 @@ _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 def dataset_ref(source: str) -> DatasetRef:
     folder, run_id = _materialise(source, "build-dataset", "dataset")
     train, heldout = _need(folder, "train.jsonl"), _need(folder, "eval.jsonl")
-    sft, pairs = (folder / "sft.jsonl", folder / "pairs.jsonl")
-    present = [p for p in (train, heldout, sft, pairs) if p.exists()]
+    sft, pairs, transfer = (folder / "sft.jsonl", folder / "pairs.jsonl", folder / "transfer.jsonl")
+    present = [p for p in (train, heldout, transfer, sft, pairs) if p.exists()]
     return DatasetRef(train_path=str(train), eval_path=str(heldout), digest=digest_files(present), run_id=run_id,
                       counts={}, sft_path=str(sft) if sft.exists() else None,
-                      pairs_path=str(pairs) if pairs.exists() else None)
+                      pairs_path=str(pairs) if pairs.exists() else None,
+                      transfer_path=str(transfer) if transfer.exists() else None)
 
 
 @task(name="resolve-feedback")
