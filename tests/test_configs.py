@@ -28,6 +28,21 @@ def test_every_field_is_described(config):
     (lambda: DPOConfig(label_smoothing=0.1), "label_smoothing"),
     (lambda: DPOConfig(loss_type=["sigmoid", "sft"], label_smoothing=0.1), "label_smoothing"),
     (lambda: DPOConfig(simpo_gamma=0.3), "simpo_gamma"),
+    (lambda: DPOConfig(loss_type=["apo_zero"], label_smoothing=0.1), "label_smoothing"),
+    (lambda: DPOConfig(loss_type=["exo_pair"]), "label_smoothing"),  # EXO's log eps needs eps > 0, as TRL says
+    (lambda: DPOConfig(discopop_tau=0.1), "discopop_tau"),
+    (lambda: DPOConfig(f_alpha_divergence_coef=0.3), "f_alpha_divergence_coef"),
+    (lambda: DPOConfig(f_divergence_type="forward_kl", f_alpha_divergence_coef=0.3), "f_alpha_divergence_coef"),
+    (lambda: DPOConfig(loss_type=["apo_zero"], f_divergence_type="js_divergence"), "f_divergence_type"),  # as TRL
+    (lambda: DPOConfig(loss_type=["sigmoid", "nca_pair"], f_divergence_type="forward_kl"), "f_divergence_type"),
+    (lambda: DPOConfig(loss_type=["simpo", "sft"], f_divergence_type="forward_kl"), "f_divergence_type"),  # no ref
+    (lambda: DPOConfig(loss_type=["sft"], ld_alpha=0.5), "ld_alpha"),
+    (lambda: DPOConfig(ld_alpha=1.5), "ld_alpha"),
+    (lambda: DPOConfig(loss_type=["aot"], use_weighting=True), "use_weighting"),  # as TRL: sorted, no pair's own
+    (lambda: DPOConfig(loss_type=["sigmoid", "sft"], use_weighting=True), "use_weighting"),
+    (lambda: DPOConfig(use_weighting=True, sharding="fsdp", num_processes=2), "use_weighting"),
+    (lambda: DPOConfig(loss_type=["aot_unpaired"], batch_size=1), "batch_size"),
+    (lambda: DPOConfig(loss_type=["dpo"]), "loss_type"),
     (lambda: DPOConfig(eval_steps=5), "eval_steps"),
     (lambda: SFTConfig(eval_steps=5), "eval_steps"),
     (lambda: EvalConfig(mt_bench_path="questions.jsonl"), "mt_bench_path"),
@@ -50,6 +65,14 @@ def test_the_same_fields_are_accepted_where_they_are_read():
     assert DPOConfig(loss_type=["robust"], label_smoothing=0.1).label_smoothing == 0.1
     assert DPOConfig(loss_type=["cdpo"], label_smoothing=0.1).label_smoothing == 0.1
     assert DPOConfig(loss_type=["simpo"], simpo_gamma=0.3).simpo_gamma == 0.3
+    assert DPOConfig(loss_type=["exo_pair"], label_smoothing=1e-3).label_smoothing == 1e-3
+    assert DPOConfig(loss_type=["aot", "sft"], label_smoothing=0.1, use_weighting=False).label_smoothing == 0.1
+    assert DPOConfig(loss_type=["discopop"], discopop_tau=0.1).discopop_tau == 0.1
+    assert DPOConfig(f_divergence_type="alpha_divergence", f_alpha_divergence_coef=0.3).f_alpha_divergence_coef == 0.3
+    assert DPOConfig(loss_type=["sigmoid", "simpo", "sft"], f_divergence_type="js_divergence").f_divergence_type
+    assert DPOConfig(loss_type=["ipo", "sft"], ld_alpha=0.5).ld_alpha == 0.5  # precomputed reference too
+    assert DPOConfig(loss_type=["apo_zero", "bco_pair"], use_weighting=True, precompute_reference=False).use_weighting
+    assert DPOConfig(ld_alpha=0.5, use_weighting=True, sync_ref_model=True, precompute_reference=False).ld_alpha
     assert DPOConfig(eval_steps=5, eval_fraction=0.1).eval_steps == 5
     assert EvalConfig(mt_bench_path="questions.jsonl", judge="local:x").judge == "local:x"
     specs = ["embedded:smollm2-135m-instruct", "./my-model", "HuggingFaceH4/zephyr-7b-beta", "local:./m",

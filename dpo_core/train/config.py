@@ -12,9 +12,17 @@ from pydantic import Field
 
 from dpo_core.common.config import config_dataclass
 
-LossName = Literal["sigmoid", "cdpo", "robust", "ipo", "ipo_sum", "hinge", "sigmoid_norm", "simpo", "sft"]
+LossName = Literal["sigmoid", "cdpo", "robust", "ipo", "ipo_sum", "hinge", "sigmoid_norm", "simpo", "sft",
+                   "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot", "aot_unpaired", "apo_zero", "apo_down",
+                   "discopop"]
 REFERENCE_FREE = {"simpo", "sft"}  # losses that never read reference log-probs
-NOISY_LABEL_LOSSES = {"cdpo", "robust"}  # losses that read label_smoothing
+NOISY_LABEL_LOSSES = {"cdpo", "robust", "exo_pair", "aot", "aot_unpaired"}  # losses that read label_smoothing
+# Losses built on the chosen-minus-rejected score difference, where f-DPO's reparameterisation holds
+# (its beta log Z(x) term cancels only in that difference): TRL 1.16's list plus cdpo and ipo_sum,
+# which it lacks. The reference-free ones read no scores, so they sit beside any f-divergence.
+F_DIVERGENCE_LOSSES = {"sigmoid", "cdpo", "sigmoid_norm", "hinge", "ipo", "ipo_sum", "exo_pair", "robust", "discopop"}
+SORTING_LOSSES = {"aot", "aot_unpaired"}  # sort over the micro-batch, so a pair's loss is not its own
+FDivergence = Literal["reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"]
 
 
 @config_dataclass
@@ -137,13 +145,31 @@ class DPOConfig(TrainConfig):
 
     beta: float = Field(0.1, gt=0.0, le=10.0, description="Strength of the KL anchor to the reference (DPO's beta; "
                                                           "0.1 as in Zephyr)")
-    loss_type: list[LossName] = Field(default_factory=lambda: ["sigmoid"], min_length=1,
-                                      description="One or more losses, summed with loss_weights")
+    loss_type: list[LossName] = Field(default_factory=lambda: ["sigmoid"], min_length=1, description=(
+        "One or more losses, summed with loss_weights (TRL's names; losses.py cites each one's paper). aot and "
+        "aot_unpaired sort the pairs of each micro-batch of batch_size, as TRL sorts each device's batch"))
     loss_weights: list[float] | None = Field(None, description="One weight per loss type (default: all 1.0)")
-    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="cdpo / robust only: assumed share of "
-                                                                     "flipped preference labels")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description=(
+        "cdpo / robust / aot / aot_unpaired: assumed share of flipped preference labels (Robust DPO suggests 0.1); "
+        "exo_pair: its label smoothing eps, which must be above 0 (the EXO paper: 1e-3)"))
     simpo_gamma: float | None = Field(None, ge=0.0, description="simpo only: target reward margin (default 0.5, "
                                                                 "the SimPO paper's middle setting)")
+    discopop_tau: float = Field(0.05, gt=0.0, description="discopop only: temperature of its logistic/exponential "
+                                                          "mix (0.05, the DiscoPOP paper's and TRL's default)")
+    f_divergence_type: FDivergence = Field("reverse_kl", description=(
+        "f-DPO (Wang et al. 2023): the divergence to the reference, reverse_kl (DPO), forward_kl, js_divergence or "
+        "alpha_divergence; read by the losses on the chosen-minus-rejected difference (sigmoid, cdpo, "
+        "sigmoid_norm, hinge, ipo, ipo_sum, exo_pair, robust, discopop), refused with the others as TRL does"))
+    f_alpha_divergence_coef: float = Field(0.5, description=(
+        "f_divergence_type=alpha_divergence only: its alpha (TRL's default 0.5; 1 is reverse KL)"))
+    ld_alpha: float | None = Field(None, ge=0.0, le=1.0, description=(
+        "LD-DPO (Liu et al. 2024): each answer's log-prob counts its first min(|chosen|, |rejected|) tokens whole "
+        "and the rest times ld_alpha, for policy and reference (the sft term keeps every token); 1 is plain DPO, "
+        "0 drops the longer answer's tail. Unset: off, as TRL's default"))
+    use_weighting: bool = Field(False, description=(
+        "WPO (Zhou et al. 2024): scale each pair's loss by w(chosen) w(rejected), w(y) = exp(mean over y's tokens "
+        "of log p(y_t) - log sum_v p(v)^2) under the policy, no gradient through it; refused with aot, "
+        "aot_unpaired and sft, and with sharding=fsdp"))
     precompute_reference: bool = Field(True, description="Reference log-probs once before training, cached on disk "
                                                          "(no second model in memory)")
     share_prefix: bool = Field(True, description="Run each pair's prompt once for both answers (prefix sharing: "
@@ -166,15 +192,61 @@ class DPOConfig(TrainConfig):
         if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
             raise ValueError(f"loss_weights has {len(self.loss_weights)} entries for {len(self.loss_type)} loss types")
         if self.label_smoothing and not NOISY_LABEL_LOSSES & set(self.loss_type):
-            raise ValueError(f"label_smoothing={self.label_smoothing} is read only by the cdpo and robust losses, "
-                             f"not {self.loss_type}: add one of them to loss_type or set label_smoothing=0")
+            raise ValueError(f"label_smoothing={self.label_smoothing} is read only by the "
+                             f"{', '.join(sorted(NOISY_LABEL_LOSSES))} losses, not {self.loss_type}: add one of them "
+                             "to loss_type or set label_smoothing=0")
+        if "exo_pair" in self.loss_type and not self.label_smoothing:
+            raise ValueError("loss_type exo_pair needs label_smoothing above 0 (its target's mass on the rejected "
+                             "answer, log eps in the loss): set label_smoothing=1e-3, the EXO paper's value")
         if self.simpo_gamma is not None and "simpo" not in self.loss_type:
             raise ValueError(f"simpo_gamma={self.simpo_gamma} is read only by the simpo loss, not {self.loss_type}: "
                              "add simpo to loss_type or leave simpo_gamma unset")
         if self.eval_steps and not self.eval_fraction:
             raise ValueError(f"eval_steps={self.eval_steps} needs held-out pairs: set eval_fraction above 0 "
                              "(0.1, say) or eval_steps=0")
+        self._check_loss_modifiers()
         self._check_tr_dpo()
+
+    def _check_loss_modifiers(self):
+        """discopop_tau, f-DPO, LD-DPO, WPO and AOT's sort: refused where they do nothing, where TRL
+        refuses them, and where they cannot be split into per-pair shares of a step."""
+        types, fields = set(self.loss_type), type(self).__pydantic_fields__
+        if self.discopop_tau != fields["discopop_tau"].default and "discopop" not in types:
+            raise ValueError(f"discopop_tau={self.discopop_tau} is read only by the discopop loss, not "
+                             f"{self.loss_type}: add discopop to loss_type or keep the default")
+        if self.f_alpha_divergence_coef != fields["f_alpha_divergence_coef"].default and \
+                self.f_divergence_type != "alpha_divergence":
+            raise ValueError(f"f_alpha_divergence_coef={self.f_alpha_divergence_coef} is read only with "
+                             "f_divergence_type=alpha_divergence: set that or keep the default")
+        if self.f_divergence_type != "reverse_kl":
+            unsupported = sorted(types - F_DIVERGENCE_LOSSES - REFERENCE_FREE)
+            if unsupported:
+                raise ValueError(f"f_divergence_type={self.f_divergence_type} with loss_type {unsupported}: f-DPO "
+                                 "holds only for losses on the chosen-minus-rejected difference "
+                                 f"({', '.join(sorted(F_DIVERGENCE_LOSSES))}), as TRL refuses too; drop them or set "
+                                 "f_divergence_type=reverse_kl")
+            if not types & F_DIVERGENCE_LOSSES:
+                raise ValueError(f"f_divergence_type={self.f_divergence_type} with loss_type={self.loss_type}: these "
+                                 "losses read no reference; add sigmoid (say) or set f_divergence_type=reverse_kl")
+        if self.ld_alpha is not None and types <= {"sft"}:
+            raise ValueError(f"ld_alpha={self.ld_alpha} with loss_type={self.loss_type}: sft counts every token, so "
+                             "ld_alpha would do nothing; add a preference loss or leave ld_alpha unset")
+        if self.use_weighting:
+            if types & SORTING_LOSSES:
+                raise ValueError(f"use_weighting=True with loss_type {sorted(types & SORTING_LOSSES)}: AOT sorts the "
+                                 "pairs, so its losses are no longer any pair's to weight (TRL refuses it too); drop "
+                                 "aot / aot_unpaired or set use_weighting=False")
+            if "sft" in types:
+                raise ValueError("use_weighting=True with loss_type sft: TRL scales the batch's token-mean NLL by the "
+                                 "batch's mean WPO weight, a product of two batch means that has no per-pair share "
+                                 "to sum over micro-batches and processes; drop sft or set use_weighting=False")
+            if self.sharding == "fsdp":
+                raise ValueError("use_weighting=True is not implemented for sharding=fsdp (WPO's weights project the "
+                                 "decoder's states through the sharded vocabulary head): set sharding=none or "
+                                 "use_weighting=False")
+        if types & SORTING_LOSSES and self.batch_size < 2:
+            raise ValueError(f"loss_type {sorted(types & SORTING_LOSSES)} sorts the pairs of each micro-batch, and "
+                             "batch_size=1 leaves nothing to sort (it would be cdpo): set batch_size to 2 or more")
 
     def _check_tr_dpo(self):
         """TR-DPO's settings, refused where they would do nothing or cannot work."""

@@ -14,6 +14,12 @@ reference is the starting policy, else a frozen copy. Either way it runs in the 
 a frozen full copy every step and moves it towards the policy every ``ref_model_sync_steps`` steps;
 the copy is saved with each checkpoint.
 
+Two loss modifiers read more than summed log-probs. LD-DPO (``ld_alpha``) splits each answer at its
+pair's shorter length: the policy and a per-step reference from their per-token log-probs, a
+precomputed reference from a second cached table over the answers cut to that length. WPO
+(``use_weighting``) reads each answer token's log sum_v p(v)^2 under the policy, projected from the
+decoder states of the same forward (``decoder_states``), with no second pass through the decoder.
+
 Under FSDP (``sharding="fsdp"``) the precomputed pass runs on a sharded model, not on one before
 sharding: an unsharded pass would need the whole model on every device, which is what sharding
 avoids; the sharded policy before its first step computes exactly the reference's log-probs, and a
@@ -23,6 +29,8 @@ same way.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import gc
 import random
 import time
@@ -37,7 +45,7 @@ from dpo_core.common.io import read_jsonl, write_jsonl
 from dpo_core.common.models import cache_dir, load_model, load_tokenizer, model_fingerprint, resolve_model
 from dpo_core.common.records import PreferencePair
 from dpo_core.train import distributed, sharding
-from dpo_core.train.batching import Batch, answer_token_logps, collate, to_device
+from dpo_core.train.batching import LOGITS_CHUNK_TOKENS, Batch, answer_token_logps, base_model, collate, to_device
 from dpo_core.train.config import DPOConfig
 from dpo_core.train.dpo.losses import LossSettings, PairLogps, combined_loss
 from dpo_core.train.dpo.reference import (
@@ -99,12 +107,23 @@ def train_dpo(
     examples = [truncate(prompt, answers, cfg.max_length) for prompt, answers in tokens]
 
     def precomputed(model: Callable[[], torch.nn.Module], disable_adapter: bool) -> tuple[torch.Tensor, bool, float]:
-        """The reference's log-probs from the cache, else from ``model()``; whether cached; seconds taken."""
+        """The reference's log-probs from the cache, else from ``model()`` (called once at most); whether
+        cached; seconds taken. With ld_alpha, LD-DPO's weighting of them, from a second table over the
+        answers cut to their pair's shared length (``shared_part``): by causality its sums are the
+        log-probs of exactly the shared tokens, so the cached table needs no per-token split."""
         started = time.perf_counter()
-        key = reference_key(model_fingerprint(ref_path), examples, resolved_precision(cfg))
-        with autocast(cfg):  # the precision training runs in, as a per-step reference runs inside fit's autocast
-            logps, reused = load_or_compute(cache_path(cache_dir(), key), lambda: compute_reference_logps(
-                model(), examples, tokenizer.pad_token_id, cfg.batch_size, cfg.share_prefix, disable_adapter))
+        loaded, fingerprint = functools.cache(model), model_fingerprint(ref_path)  # the digest reads the weights
+
+        def table(ex) -> tuple[torch.Tensor, bool]:
+            key = reference_key(fingerprint, ex, resolved_precision(cfg))
+            with autocast(cfg):  # the precision training runs in, as a per-step reference runs inside fit's autocast
+                return load_or_compute(cache_path(cache_dir(), key), lambda: compute_reference_logps(
+                    loaded(), ex, tokenizer.pad_token_id, cfg.batch_size, cfg.share_prefix, disable_adapter))
+
+        logps, reused = table(examples)
+        if cfg.ld_alpha is not None:
+            shared, shared_reused = table(shared_part(examples))
+            logps, reused = shared + cfg.ld_alpha * (logps - shared), reused and shared_reused
         return logps, reused, time.perf_counter() - started
 
     precompute = cfg.needs_reference and cfg.precompute_reference
@@ -136,19 +155,21 @@ def train_dpo(
     train_set = [(examples[i], ref_logps[i]) for i in order[n_eval:]]
     if eval_set and distributed.is_main():  # kept for the evaluation stage: held-out preference accuracy and perplexity
         write_jsonl(Path(out_dir) / "eval_pairs.jsonl", (pairs[i].to_dict() for i in order[:n_eval]))
-    settings = LossSettings(cfg.beta, cfg.label_smoothing, 0.5 if cfg.simpo_gamma is None else cfg.simpo_gamma)
+    settings = loss_settings(cfg)
 
     def make_batch(items) -> PairBatch:
         batch = collate([e for e, _ in items], tokenizer.pad_token_id, cfg.share_prefix)
         return PairBatch(batch, torch.stack([r for _, r in items])).to(device())
 
     def step_loss(pb: PairBatch, totals: Totals):
-        logps, mean_logits = answer_token_logps(policy, pb.batch)
+        with decoder_states(policy) if cfg.use_weighting else contextlib.nullcontext([]) as states:
+            logps, mean_logits = answer_token_logps(policy, pb.batch)
+        log_sum_sq = log_sum_sq_probs(policy, pb.batch, states[-1]) if cfg.use_weighting else None
         ref = pb.ref
         if cfg.needs_reference and not cfg.precompute_reference:
-            ref = pair_logps(ref_model, pb.batch, disable_adapter=ref_model is policy)
+            ref = reference_pair_logps(ref_model, pb.batch, ref_model is policy, cfg.ld_alpha)
         return dpo_step(logps, mean_logits, pb.batch.answer_mask, ref, settings, cfg.loss_type, cfg.weights,
-                        pb.batch.num_tokens, totals)
+                        pb.batch.num_tokens, totals, ld_alpha=cfg.ld_alpha, log_sum_sq=log_sum_sq)
 
     def chosen_tokens(item) -> int:  # the "sft" term's token mean is over chosen answers
         (_, (chosen, _)), _ = item
@@ -187,17 +208,92 @@ def frozen_copy(path: str, cfg: DPOConfig):
     return sharding.shard_model(model) if cfg.sharding == "fsdp" else model
 
 
+def loss_settings(cfg: DPOConfig) -> LossSettings:
+    return LossSettings(cfg.beta, cfg.label_smoothing, 0.5 if cfg.simpo_gamma is None else cfg.simpo_gamma,
+                        cfg.discopop_tau, cfg.f_divergence_type, cfg.f_alpha_divergence_coef)
+
+
+def shared_part(examples: Sequence) -> list:
+    """Each (prompt, [chosen, rejected]) with both answers cut to the shorter one's length: the
+    tokens LD-DPO counts whole."""
+    return [(prompt, [a[: min(map(len, answers))] for a in answers]) for prompt, answers in examples]
+
+
+def ld_weighted_sums(token_logps: torch.Tensor, answer_mask: torch.Tensor, alpha: float) -> torch.Tensor:
+    """LD-DPO (Liu et al. 2024, "Length Desensitization in Direct Preference Optimization"): each
+    answer's log-prob (2B,) as its first min(|c|, |r|) tokens' sum plus alpha times the rest's, from
+    per-token log-probs (2B, A) of pairs in rows 2i, 2i+1 (TRL's shared and tail masks)."""
+    lengths = answer_mask.sum(-1)
+    shared = torch.minimum(lengths[0::2], lengths[1::2]).repeat_interleave(2)
+    in_shared = torch.arange(token_logps.shape[1], device=token_logps.device)[None, :] < shared[:, None]
+    zero = torch.zeros((), dtype=token_logps.dtype, device=token_logps.device)
+    tail = answer_mask & ~in_shared
+    return torch.where(in_shared, token_logps, zero).sum(-1) + alpha * torch.where(tail, token_logps, zero).sum(-1)
+
+
+@torch.no_grad()
+def reference_pair_logps(model, batch: Batch, disable_adapter: bool, ld_alpha: float | None) -> torch.Tensor:
+    """(B, 2) reference log-probs of [chosen, rejected] run this step, LD-DPO-weighted under ``ld_alpha``."""
+    if ld_alpha is None:
+        return pair_logps(model, batch, disable_adapter)
+    with model.disable_adapter() if disable_adapter else contextlib.nullcontext():
+        logps, _ = answer_token_logps(model, batch)
+    return ld_weighted_sums(logps, batch.answer_mask, ld_alpha).view(-1, 2)
+
+
+@contextlib.contextmanager
+def decoder_states(model):
+    """Collect the decoder's final hidden states during the forwards inside: WPO reads the whole
+    next-token distribution, which ``answer_token_logps`` reduces to the answer tokens' log-probs."""
+    states: list[torch.Tensor] = []
+    hook = base_model(model).get_decoder().register_forward_hook(
+        lambda module, args, out: states.append(out.last_hidden_state))
+    try:
+        yield states
+    finally:
+        hook.remove()
+
+
+@torch.no_grad()
+def log_sum_sq_probs(model, batch: Batch, hidden: torch.Tensor) -> torch.Tensor:
+    """(N, A) log sum_v p(v)^2 of the next-token distribution at each answer token (zero elsewhere),
+    from the decoder states ``hidden`` of ``answer_token_logps``'s forward: (R, L, H) padded rows or
+    (1, T, H) packed tokens. Projected in fp32, a chunk of tokens at a time."""
+    weight = base_model(model).get_output_embeddings().weight
+    index = batch.predictor_index if hidden.shape[:2] == batch.input_ids.shape else batch.packed_predictor_index
+    states = hidden.reshape(-1, hidden.shape[-1])[index[batch.loss_mask]]
+    out = [torch.logsumexp(2 * torch.log_softmax((chunk @ weight.t()).float(), -1), -1)
+           for chunk in states.split(LOGITS_CHUNK_TOKENS)]
+    result = torch.zeros(batch.loss_mask.shape, dtype=torch.float32, device=hidden.device)
+    return result.masked_scatter(batch.loss_mask, torch.cat(out)) if out else result
+
+
+@torch.no_grad()
+def wpo_weights(token_logps: torch.Tensor, log_sum_sq: torch.Tensor, answer_mask: torch.Tensor) -> torch.Tensor:
+    """WPO (Zhou et al. 2024, "WPO: Enhancing RLHF with Weighted Preference Optimization", eq. 2 with
+    its sampling-aligned probabilities, as TRL): (B,) w(chosen) w(rejected), w(y) = exp of the mean
+    over y's tokens of log p(y_t) - log sum_v p(v)^2, so pairs the policy itself would likely
+    generate weigh more; no gradient flows through the weights."""
+    aligned = ((token_logps - log_sum_sq) * answer_mask).sum(-1) / answer_mask.sum(-1).clamp(min=1)
+    w = aligned.exp()
+    return w[0::2] * w[1::2]
+
+
 def dpo_step(logps, mean_logits, answer_mask, ref, settings: LossSettings, types, weights, num_tokens,
-             totals: Totals):
+             totals: Totals, ld_alpha: float | None = None, log_sum_sq: torch.Tensor | None = None):
     """This batch's share of the step's mean loss and TRL-named metrics, from per-token answer
     log-probs (2B, A): per-pair values summed and divided by the step's pair count, so the shares
-    of all micro-batches add up to the step's means (``num_tokens`` to the step's total)."""
-    summed = logps.sum(-1)
+    of all micro-batches add up to the step's means (``num_tokens`` to the step's total). ``ref``
+    (B, 2) is LD-DPO-weighted already when ``ld_alpha`` is set; ``log_sum_sq`` (2B, A), from
+    ``log_sum_sq_probs``, turns on WPO's pair weights."""
+    full = logps.sum(-1)
+    summed = full if ld_alpha is None else ld_weighted_sums(logps, answer_mask, ld_alpha)
     lengths = answer_mask.sum(-1)
     s = PairLogps(
         policy_chosen=summed[0::2], policy_rejected=summed[1::2], ref_chosen=ref[:, 0], ref_rejected=ref[:, 1],
         chosen_tokens=lengths[0::2], rejected_tokens=lengths[1::2],
-        step_chosen_tokens=totals.tokens / totals.examples,
+        step_chosen_tokens=totals.tokens / totals.examples, policy_chosen_unweighted=full[0::2],
+        pair_weights=None if log_sum_sq is None else wpo_weights(logps, log_sum_sq, answer_mask),
     )
     loss = combined_loss(s, settings, types, weights).sum() / totals.examples
     rc = settings.beta * (s.policy_chosen - s.ref_chosen).detach()
