@@ -6,7 +6,6 @@ a checkpoint."""
 from __future__ import annotations
 
 import copy
-import json
 import math
 import shutil
 import weakref
@@ -16,17 +15,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from test_distributed import _assert_same_training, _pairs, _run
-from tiny import make_tiny_model
+from tiny import make_tiny_model, read_metrics, write_uneven_pairs
 from torch.testing import assert_close
 from trl.trainer.callbacks import SyncRefModelCallback
 
-from dpo_core.common.io import write_jsonl
 from dpo_core.common.models import load_model
 from dpo_core.train.config import DPOConfig
 from dpo_core.train.dpo import trainer
 from dpo_core.train.dpo.trainer import train_dpo
 
-CHAT = [{"role": "user", "content": "Write one word in lowercase."}]
 COMMON = dict(learning_rate=5e-3, batch_size=2, warmup_ratio=0.0, precision="fp32")
 TR_DPO = dict(sync_ref_model=True, precompute_reference=False)
 
@@ -40,18 +37,11 @@ def other_model(tmp_path_factory) -> str:
 @pytest.fixture()
 def pairs_path(tmp_path, monkeypatch):
     monkeypatch.setenv("DPO_CACHE_DIR", str(tmp_path / "cache"))
-    rows = [{"prompt_id": f"p{i}", "prompt": CHAT, "chosen": [{"role": "assistant", "content": "calm " * (1 + i)}],
-             "rejected": [{"role": "assistant", "content": "LOUD " * (1 + (5 * i) % 8)}], "score_chosen": 1.0,
-             "score_rejected": 0.0} for i in range(8)]
-    return write_jsonl(tmp_path / "pairs.jsonl", rows)
-
-
-def _metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return write_uneven_pairs(tmp_path / "pairs.jsonl")
 
 
 def _losses(out: Path) -> list[float]:
-    return [m["loss"] for m in _metrics(out)]
+    return [m["loss"] for m in read_metrics(out)]
 
 
 @pytest.mark.parametrize("lora", [False, True])
@@ -84,7 +74,7 @@ def test_another_reference_model_precomputed_equals_per_step(tiny_model, other_m
         "named": train_dpo(DPOConfig(precompute_reference=False, **cfg), tiny_model, [pairs_path], tmp_path / "named",
                            reference_model=tiny_model),
     }
-    pre, every = _metrics(tmp_path / "pre"), _metrics(tmp_path / "every")
+    pre, every = read_metrics(tmp_path / "pre"), read_metrics(tmp_path / "every")
     for a, b in zip(pre, every, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
         for key in ("rewards/chosen", "rewards/rejected", "grad_norm"):
@@ -160,7 +150,7 @@ def test_tr_dpo_reference_follows_the_mixing_formula(tiny_model, pairs_path, tmp
     fixed_losses, synced_losses = _losses(tmp_path / "fixed"), _losses(tmp_path / "synced")
     assert synced_losses[:2] == pytest.approx(fixed_losses[:2], abs=1e-6)
     assert all(abs(a - b) > 1e-5 for a, b in zip(synced_losses[2:], fixed_losses[2:], strict=True))
-    assert [m["ref_syncs"] for m in _metrics(tmp_path / "synced")] == [0, 1, 1, 2, 2]
+    assert [m["ref_syncs"] for m in read_metrics(tmp_path / "synced")] == [0, 1, 1, 2, 2]
     assert synced.metrics["ref_syncs"] == 2 and "ref_syncs" not in fixed.metrics
 
 
@@ -171,7 +161,7 @@ def test_tr_dpo_hard_update_every_step_makes_the_reference_the_last_policy(tiny_
     still learns."""
     cfg = DPOConfig(lora=lora, max_steps=4, ref_model_mixup_alpha=1.0, ref_model_sync_steps=1, **TR_DPO, **COMMON)
     result = train_dpo(cfg, tiny_model, [pairs_path], tmp_path)
-    for step in _metrics(tmp_path):
+    for step in read_metrics(tmp_path):
         assert step["rewards/chosen"] == pytest.approx(0.0, abs=1e-5)
         assert step["rewards/margins"] == pytest.approx(0.0, abs=1e-5)
         assert step["loss"] == pytest.approx(math.log(2), abs=1e-5) and step["grad_norm"] > 0
@@ -234,7 +224,7 @@ def test_sharded_dpo_against_another_reference_matches_one_process(tiny_model, o
     _run("dpo", common | {"num_processes": 2, "sharding": "fsdp"}, inputs, tmp_path / "two", 2, monkeypatch)
     _run("dpo", common | {"grad_accum": 2}, inputs, tmp_path / "one", 1, monkeypatch)
     _assert_same_training(tmp_path / "one", tmp_path / "two")
-    assert _metrics(tmp_path / "two")[0]["rewards/chosen"] != pytest.approx(0, abs=1e-3)  # pi_0 is not the policy
+    assert read_metrics(tmp_path / "two")[0]["rewards/chosen"] != pytest.approx(0, abs=1e-3)  # pi_0 is not the policy
 
 
 @pytest.mark.parametrize(("make", "message"), [

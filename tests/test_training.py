@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
+from tiny import CHAT, read_metrics, write_uneven_pairs
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch.testing import assert_close
 
@@ -17,8 +17,6 @@ from dpo_core.train.config import DPOConfig, SFTConfig
 from dpo_core.train.dpo.reference import reference_key
 from dpo_core.train.dpo.trainer import train_dpo
 from dpo_core.train.sft import train_sft
-
-CHAT = [{"role": "user", "content": "Write one word in lowercase."}]
 
 
 @pytest.fixture()
@@ -31,16 +29,7 @@ def pairs_path(tmp_path):
 
 @pytest.fixture()
 def uneven_pairs_path(tmp_path):
-    """Pairs whose chosen answers run from 1 to 8 words: a token mean over a step then differs from
-    a mean of per-pair token means."""
-    rows = [{"prompt_id": f"p{i}", "prompt": CHAT, "chosen": [{"role": "assistant", "content": "calm " * (1 + i)}],
-             "rejected": [{"role": "assistant", "content": "LOUD " * (1 + (5 * i) % 8)}], "score_chosen": 1.0,
-             "score_rejected": 0.0} for i in range(8)]
-    return write_jsonl(tmp_path / "uneven_pairs.jsonl", rows)
-
-
-def _metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return write_uneven_pairs(tmp_path / "uneven_pairs.jsonl")
 
 
 @pytest.mark.parametrize("lora", [True, False])
@@ -48,7 +37,7 @@ def test_dpo_starts_at_ln2_and_learns(tiny_model, pairs_path, tmp_path, lora, mo
     monkeypatch.setenv("DPO_CACHE_DIR", str(tmp_path / "cache"))
     cfg = DPOConfig(lora=lora, learning_rate=5e-3, epochs=4, batch_size=4, warmup_ratio=0.0)
     result = train_dpo(cfg, tiny_model, [pairs_path], tmp_path)
-    steps = _metrics(tmp_path)
+    steps = read_metrics(tmp_path)
     # First step: policy == reference, so every pair's loss is -log sigmoid(0) = ln 2.
     assert steps[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
     assert steps[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-5)
@@ -80,7 +69,7 @@ def _assert_same_steps(big: list[dict], acc: list[dict], out_big: Path, out_acc:
     for step_big, step_acc in zip(big, acc, strict=True):
         for i in step_big:
             assert_close(step_acc[i], step_big[i], rtol=1e-4, atol=1e-6)
-    for a, b in zip(_metrics(out_big), _metrics(out_acc), strict=True):
+    for a, b in zip(read_metrics(out_big), read_metrics(out_acc), strict=True):
         for key in ("loss", "grad_norm", "num_tokens"):
             assert b[key] == pytest.approx(a[key], rel=1e-5), key
     weights = load_file(out_big / "model" / "model.safetensors")
@@ -132,7 +121,7 @@ def test_optimizer_in_backward_equals_a_step_after_backward(tiny_model, pairs_pa
     inside = train_dpo(DPOConfig(optimizer_in_backward=True, **common), tiny_model, [pairs_path], tmp_path / "inside")
     for name, weight in load_file(Path(after.model_path) / "model.safetensors").items():
         assert_close(load_file(Path(inside.model_path) / "model.safetensors")[name], weight, rtol=1e-5, atol=1e-6)
-    for a, b in zip(_metrics(tmp_path / "after"), _metrics(tmp_path / "inside"), strict=True):
+    for a, b in zip(read_metrics(tmp_path / "after"), read_metrics(tmp_path / "inside"), strict=True):
         assert a["grad_norm"] > 0 and b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
         assert b["loss"] == pytest.approx(a["loss"], abs=1e-6)
 
@@ -166,7 +155,7 @@ def test_resume_after_a_crash_gives_the_same_weights(tiny_model, pairs_path, tmp
     a, b = load_file(Path(straight.model_path) / "model.safetensors"), load_file(Path(resumed.model_path) / "model.safetensors")
     for name in a:
         assert_close(b[name], a[name], rtol=0, atol=1e-6, msg=name)
-    losses = {run: [m["loss"] for m in _metrics(tmp_path / run)] for run in ("resumed", "straight")}
+    losses = {run: [m["loss"] for m in read_metrics(tmp_path / run)] for run in ("resumed", "straight")}
     assert losses["resumed"] == pytest.approx(losses["straight"])
 
 
@@ -188,7 +177,7 @@ def test_every_step_reference_matches_precomputed(tiny_model, uneven_pairs_path,
                   eval_steps=1)
     runs = {mode: train_dpo(DPOConfig(precompute_reference=mode == "pre", **common), tiny_model, [uneven_pairs_path],
                             tmp_path / mode) for mode in ("pre", "every")}
-    pre, every = _metrics(tmp_path / "pre"), _metrics(tmp_path / "every")
+    pre, every = read_metrics(tmp_path / "pre"), read_metrics(tmp_path / "every")
     assert pre[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
     assert pre[-1]["rewards/margins"] > 0.01  # training moved the policy away from the reference
     for a, b in zip(pre, every, strict=True):
@@ -215,7 +204,7 @@ def test_bf16_precomputed_reference_matches_the_per_step_one(tiny_model, uneven_
     for mode in ("pre", "every"):
         train_dpo(DPOConfig(precompute_reference=mode == "pre", **common), tiny_model, [uneven_pairs_path],
                   tmp_path / mode)
-    (pre,), (every,) = _metrics(tmp_path / "pre"), _metrics(tmp_path / "every")
+    (pre,), (every,) = read_metrics(tmp_path / "pre"), read_metrics(tmp_path / "every")
     for step in (pre, every):
         assert step["rewards/chosen"] == pytest.approx(0.0, abs=1e-6)
         assert step["rewards/rejected"] == pytest.approx(0.0, abs=1e-6)
@@ -234,7 +223,7 @@ def test_sft_trains_on_best_candidates_only(tiny_model, tmp_path):
     result = train_sft(cfg, tiny_model, tmp_path / "out", prompts_path=prompts, candidates_path=cands)
     assert result.metrics["train_examples"] == result.metrics["examples_best"] == 1
     assert result.metrics["truncated_examples"] == 0
-    steps = _metrics(tmp_path / "out")
+    steps = read_metrics(tmp_path / "out")
     assert steps[-1]["loss"] < steps[0]["loss"]
 
 
@@ -249,7 +238,7 @@ def test_dpo_trains_on_every_pair_file_and_counts_truncated_pairs(tiny_model, pa
     cfg = DPOConfig(max_length=64, max_steps=1, batch_size=11)
     result = train_dpo(cfg, tiny_model, [pairs_path, team], tmp_path / "out")
     assert result.metrics["train_pairs"] == 11 and result.metrics["truncated_pairs"] == 3
-    assert _metrics(tmp_path / "out")[0]["num_tokens"] <= 11 * 2 * 64
+    assert read_metrics(tmp_path / "out")[0]["num_tokens"] <= 11 * 2 * 64
     empty = write_jsonl(tmp_path / "empty.jsonl", [])
     with pytest.raises(ValueError, match=f"{empty}: 0"):
         train_dpo(cfg, tiny_model, [empty], tmp_path / "none")

@@ -99,7 +99,7 @@ def test_feedback_on_vllm_keeps_every_stored_sample_across_a_kill(smol, tmp_path
     assert {c["model"] for c in candidates} == {EMBEDDED_DEFAULT}
     assert all(0 < c["n_tokens"] <= SAMPLING.max_new_tokens and c["text"] for c in candidates)
     for pair in read_jsonl(result.pairs_path):
-        assert pair["chosen_score"] > pair["rejected_score"]
+        assert pair["score_chosen"] > pair["score_rejected"]
 
     again = collect_feedback(_feedback_config(cache), EMBEDDED_DEFAULT, prompts, tmp_path / "again")
     assert again.stats["generator_requests"] == 0

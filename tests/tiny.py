@@ -3,12 +3,30 @@ a base model whose small byte-level tokenizer has no chat template and none of i
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
+from dpo_core.common.io import write_jsonl
 from dpo_core.common.models import ensure_embedded_default, load_tokenizer
+
+CHAT = [{"role": "user", "content": "Write one word in lowercase."}]
+
+
+def write_uneven_pairs(path: Path) -> Path:
+    """8 pairs whose chosen answers run from 1 to 8 words: a token mean over a step then differs
+    from a mean of per-pair token means."""
+    rows = [{"prompt_id": f"p{i}", "prompt": CHAT, "chosen": [{"role": "assistant", "content": "calm " * (1 + i)}],
+             "rejected": [{"role": "assistant", "content": "LOUD " * (1 + (5 * i) % 8)}], "score_chosen": 1.0,
+             "score_rejected": 0.0} for i in range(8)]
+    return write_jsonl(path, rows)
+
+
+def read_metrics(out: Path) -> list[dict]:
+    """A trainer's metrics.jsonl, one dict per optimizer step."""
+    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
 
 
 def make_tiny_model(dest: Path, seed: int = 0) -> Path:
