@@ -75,7 +75,7 @@ def round_dpo(dpo: DPOConfig, cfg: RoundsConfig) -> DPOConfig:
 
 def load_samples(samples_path: str, model: str) -> list[EvalSample]:
     rows = [r for r in read_jsonl(samples_path) if r["model"] == model]
-    return [EvalSample(**{k: v for k, v in r.items() if k != "prompt_pass"}) for r in rows]
+    return [EvalSample.from_dict(r) for r in rows]
 
 
 def regression(previous: list[EvalSample], current: list[EvalSample], gate: GateConfig) -> Decision:

@@ -23,8 +23,7 @@ STAGE, ENTRY = "promote", "dpo_core.evaluate.gate"  # ENTRY's import closure is 
 def promote_task(gate: GateConfig, dpo: ModelRef, report: EvalReport, parent_run_id: str) -> PromotionDecision:
     samples: dict[str, list[EvalSample]] = {}
     for row in read_jsonl(report.samples_path):
-        row.pop("prompt_pass", None)
-        samples.setdefault(row["model"], []).append(EvalSample(**row))
+        samples.setdefault(row["model"], []).append(EvalSample.from_dict(row))
     baseline = "champion" if "champion" in samples else "base"
     with stage_run(STAGE, parent_run_id, asdict(gate) | {"baseline": baseline}) as run_id:
         decision = decide(samples["dpo"], samples[baseline], gate)  # first: a metric the evaluation lacks registers nothing

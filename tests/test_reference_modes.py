@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from test_distributed import _assert_same_training, _pairs, _run
-from tiny import make_tiny_model, read_metrics, write_uneven_pairs
+from tiny import Crash, crash_after, make_tiny_model, read_metrics, write_uneven_pairs
 from torch.testing import assert_close
 from trl.trainer.callbacks import SyncRefModelCallback
 
@@ -170,10 +170,6 @@ def test_tr_dpo_hard_update_every_step_makes_the_reference_the_last_policy(tiny_
     assert not torch.allclose(trained["model.layers.0.mlp.up_proj.weight"], initial["model.layers.0.mlp.up_proj.weight"])
 
 
-class Crash(Exception):
-    pass
-
-
 @pytest.mark.parametrize("lora", [False, True])
 def test_tr_dpo_resumes_with_its_moved_reference(tiny_model, pairs_path, tmp_path, lora):
     """Checkpoints every 2 steps, syncs every 3, a crash after step 5: the checkpoint of step 4 holds
@@ -182,12 +178,8 @@ def test_tr_dpo_resumes_with_its_moved_reference(tiny_model, pairs_path, tmp_pat
     cfg = DPOConfig(lora=lora, epochs=2, save_steps=2, ref_model_sync_steps=3, **TR_DPO, **COMMON)
     straight = train_dpo(cfg, tiny_model, [pairs_path], tmp_path / "straight")
 
-    def crash_at_5(step, total, metrics):
-        if step == 5:
-            raise Crash
-
     with pytest.raises(Crash):
-        train_dpo(cfg, tiny_model, [pairs_path], tmp_path / "resumed", on_step=crash_at_5)
+        train_dpo(cfg, tiny_model, [pairs_path], tmp_path / "resumed", on_step=crash_after(5))
     latest = tmp_path / "resumed" / "checkpoints" / "step-000004"
     assert (latest / "reference.safetensors").exists()
     shutil.copytree(tmp_path / "resumed", tmp_path / "stripped")

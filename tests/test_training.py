@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
-from tiny import CHAT, read_metrics, write_uneven_pairs
+from tiny import CHAT, Crash, crash_after, read_metrics, write_uneven_pairs
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch.testing import assert_close
 
@@ -133,10 +133,6 @@ def test_optimizer_in_backward_refuses_clipping_and_accumulation():
         DPOConfig(optimizer_in_backward=True, max_grad_norm=0.0, grad_accum=2)
 
 
-class Crash(Exception):
-    pass
-
-
 @pytest.mark.parametrize(("lora", "in_backward"), [(True, False), (False, False), (False, True)])
 def test_resume_after_a_crash_gives_the_same_weights(tiny_model, pairs_path, tmp_path, monkeypatch, lora, in_backward):
     monkeypatch.setenv("DPO_CACHE_DIR", str(tmp_path / "cache"))
@@ -144,12 +140,8 @@ def test_resume_after_a_crash_gives_the_same_weights(tiny_model, pairs_path, tmp
                     optimizer_in_backward=in_backward, max_grad_norm=0.0 if in_backward else 1.0)
     straight = train_dpo(cfg, tiny_model, [pairs_path], tmp_path / "straight")
 
-    def crash_at_5(step, total, metrics):
-        if step == 5:
-            raise Crash
-
     with pytest.raises(Crash):
-        train_dpo(cfg, tiny_model, [pairs_path], tmp_path / "resumed", on_step=crash_at_5)
+        train_dpo(cfg, tiny_model, [pairs_path], tmp_path / "resumed", on_step=crash_after(5))
     assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
     resumed = train_dpo(cfg, tiny_model, [pairs_path], tmp_path / "resumed")
     a, b = load_file(Path(straight.model_path) / "model.safetensors"), load_file(Path(resumed.model_path) / "model.safetensors")

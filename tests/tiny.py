@@ -24,6 +24,19 @@ def write_uneven_pairs(path: Path) -> Path:
     return write_jsonl(path, rows)
 
 
+class Crash(Exception):
+    """What ``crash_after`` raises: a training run stopped as a crash would stop it."""
+
+
+def crash_after(step: int):
+    """A trainer's ``on_step`` callback that crashes the run once ``step`` is done (its checkpoint written)."""
+    def on_step(done: int, total: int, metrics: dict) -> None:
+        if done == step:
+            raise Crash(f"after step {done}")
+
+    return on_step
+
+
 def read_metrics(out: Path) -> list[dict]:
     """A trainer's metrics.jsonl, one dict per optimizer step."""
     return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]

@@ -154,3 +154,8 @@ class EvalSample:
 
     def to_dict(self) -> dict:
         return asdict(self) | {"prompt_pass": self.prompt_pass}
+
+    @classmethod
+    def from_dict(cls, row: dict) -> EvalSample:
+        """A ``samples.jsonl`` line back: ``prompt_pass`` is derived, so it is dropped, not stored."""
+        return cls(**{k: v for k, v in row.items() if k != "prompt_pass"})
