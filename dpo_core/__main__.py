@@ -1,7 +1,8 @@
 """Run one stage from a JSON job file: ``python -m dpo_core STAGE JOB.json OUT_DIR``.
 
 This is how the pipeline runs heavy stages in a child process: the job file holds the stage
-config and its input paths; the stage's result is written to ``OUT_DIR/result.json``.
+config and its input paths; the stage's result is written to ``OUT_DIR/result.json`` once it has finished (and its
+checkpoints, if any, are then dropped).
 Progress is printed one line per batch or step so the parent can relay it.
 
 SFT and DPO also run data-parallel (or FSDP2-sharded, with ``sharding: fsdp``) under a launcher,
@@ -13,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from dpo_core.common.protocol import ERROR_FILE, RESULT_FILE, error_record, report_progress
+from dpo_core.common.protocol import ERROR_FILE, PARENT_ENV, die_with_parent, error_record, report_progress, write_result
 
 STAGES = ("prepare-model", "feedback", "sft", "dpo", "evaluate")
 
@@ -64,6 +67,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("job", type=Path)
     parser.add_argument("out_dir", type=Path)
     args = parser.parse_args(argv)
+    if PARENT_ENV in os.environ:  # started by a pipeline task (not a user's shell, where nohup must work)
+        die_with_parent()  # under a launcher: dies with the launcher, which dies with the task
     import transformers
 
     from dpo_core.train import distributed
@@ -76,8 +81,9 @@ def main(argv: list[str] | None = None) -> None:
         (args.out_dir / ERROR_FILE).write_text(json.dumps(error_record(exc), indent=2))
         raise
     if distributed.is_main():  # under accelerate launch every process ran the stage; one reports
-        (args.out_dir / RESULT_FILE).write_text(json.dumps(asdict(result), indent=2))
-        print(f"{args.stage} finished: {args.out_dir / RESULT_FILE}", file=sys.stderr)
+        write_result(args.out_dir, asdict(result))
+        shutil.rmtree(args.out_dir / "checkpoints", ignore_errors=True)  # the result stands: nothing to resume
+        print(f"{args.stage} finished: {args.out_dir}", file=sys.stderr)
     distributed.finish()
 
 

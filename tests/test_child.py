@@ -1,12 +1,17 @@
 """Stages in a child process group: results come back, deadlines kill the whole group, failures
-quote the child's error and say whether a retry could help."""
+quote the child's error and say whether a retry could help; a stage dies with a task process killed
+by kill -9, and two runs of one stage folder never write it at once."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -29,6 +34,19 @@ def _pairs(tmp_path, n=64):
 
 def _stage_processes(out_dir):
     return [p for p in psutil.process_iter(["cmdline"]) if str(out_dir) in " ".join(p.info["cmdline"] or [])]
+
+
+ROOT = Path(__file__).parents[1]
+
+
+def _wait_for(condition, timeout: float = 120.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"waited {timeout}s in vain")
 
 
 def test_child_returns_result_and_relays_logs(tiny_model, tmp_path):
@@ -84,6 +102,35 @@ def test_a_child_killed_from_outside_may_be_retried(tiny_model, tmp_path):
         run_stage_in_child("dpo", job, out, lambda _: None)
     killer.join()
     assert failed.value.retryable
+
+
+def test_a_stage_dies_with_a_task_process_killed_by_kill_9(tiny_model, tmp_path):
+    job = {"config": {"epochs": 50, "batch_size": 2}, "inputs": {"model": tiny_model, "pairs_paths": [_pairs(tmp_path)]}}
+    out = tmp_path / "out"
+    task_process = subprocess.Popen(
+        [sys.executable, "-c", "import json, sys; from pathlib import Path; from tasks.plumbing.child import "
+         "run_stage_in_child; run_stage_in_child('dpo', json.loads(sys.argv[1]), Path(sys.argv[2]), print)",
+         json.dumps(job), str(out)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stage = _wait_for(lambda: [p for p in _stage_processes(out) if p.pid != task_process.pid])
+    task_process.kill()  # kill -9: no clean-up runs in it
+    task_process.wait()
+    _, alive = psutil.wait_procs(stage, timeout=10)
+    assert alive == [], "the stage outlived the task process that started it"
+
+
+def test_a_second_run_of_a_stage_folder_waits_for_the_first_and_reuses_its_result(tiny_model, tmp_path):
+    job = {"config": {"epochs": 4, "batch_size": 2}, "inputs": {"model": tiny_model, "pairs_paths": [_pairs(tmp_path, 16)]}}
+    out = tmp_path / "out"
+    first: dict = {}
+    running = threading.Thread(target=lambda: first.update(run_stage_in_child("dpo", job, out, lambda _: None)))
+    running.start()
+    _wait_for(lambda: _stage_processes(out))
+    lines: list[str] = []
+    second = run_stage_in_child("dpo", job, out, lines.append)  # same inputs, same folder, while the first trains
+    running.join()
+    assert any("waiting for it to end" in line for line in lines)
+    assert any("already finished" in line for line in lines) and not any("loss=" in line for line in lines)
+    assert second == first
 
 
 @pytest.mark.parametrize(("error", "retried"), [

@@ -13,6 +13,7 @@ from torch.testing import assert_close
 
 from dpo_core.common.io import write_jsonl
 from dpo_core.common.models import load_model
+from dpo_core.train import loop
 from dpo_core.train.config import DPOConfig, SFTConfig
 from dpo_core.train.dpo.reference import reference_key
 from dpo_core.train.dpo.trainer import train_dpo
@@ -144,11 +145,53 @@ def test_resume_after_a_crash_gives_the_same_weights(tiny_model, pairs_path, tmp
         train_dpo(cfg, tiny_model, [pairs_path], tmp_path / "resumed", on_step=crash_after(5))
     assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
     resumed = train_dpo(cfg, tiny_model, [pairs_path], tmp_path / "resumed")
+    assert (straight.metrics["resumed_from_step"], resumed.metrics["resumed_from_step"]) == (0, 4)
     a, b = load_file(Path(straight.model_path) / "model.safetensors"), load_file(Path(resumed.model_path) / "model.safetensors")
     for name in a:
         assert_close(b[name], a[name], rtol=0, atol=1e-6, msg=name)
     losses = {run: [m["loss"] for m in read_metrics(tmp_path / run)] for run in ("resumed", "straight")}
     assert losses["resumed"] == pytest.approx(losses["straight"])
+
+
+def test_checkpoints_by_time_resume_a_crashed_run(tiny_model, pairs_path, tmp_path, monkeypatch):
+    """The default rule (save_steps=0): checkpoints as often as 20x their own write time allows here,
+    where the interval is tiny; a crashed run resumes from the last one it wrote."""
+    monkeypatch.setenv("DPO_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = DPOConfig(lora=False, learning_rate=5e-3, epochs=3, batch_size=2, checkpoint_interval_s=1e-6)
+    straight = train_dpo(cfg, tiny_model, [pairs_path], tmp_path / "straight")
+    assert straight.metrics["checkpoints_written"] >= 1
+    with pytest.raises(Crash):
+        train_dpo(cfg, tiny_model, [pairs_path], tmp_path / "resumed", on_step=crash_after(5))
+    last = int(sorted((tmp_path / "resumed" / "checkpoints").glob("step-*"))[-1].name.split("-")[1])
+    resumed = train_dpo(cfg, tiny_model, [pairs_path], tmp_path / "resumed")
+    assert resumed.metrics["resumed_from_step"] == last > 0
+    a, b = load_file(Path(straight.model_path) / "model.safetensors"), load_file(Path(resumed.model_path) / "model.safetensors")
+    for name in a:
+        assert_close(b[name], a[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_the_checkpoint_clock_keeps_checkpoints_under_a_twentieth_of_training(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: now[0])
+    every_3 = loop.CheckpointClock(save_steps=3, interval_s=60)
+    assert [s for s in range(1, 10) if every_3.due(s)] == [3, 6, 9]
+    never = loop.CheckpointClock(save_steps=0, interval_s=0)
+    now[0] = 1e6
+    assert not never.due(1)
+
+    clock = loop.CheckpointClock(save_steps=0, interval_s=60)  # started at 1e6
+    now[0] += 59
+    assert not clock.due(1)  # a run shorter than the interval writes none
+    now[0] += 1
+    assert clock.due(2)
+    clock.written(10.0)  # a slow disk: the next one waits 20 x 10 s, not 60 s
+    now[0] += 199
+    assert not clock.due(3)
+    now[0] += 1
+    assert clock.due(4)
+    clock.written(1.0)  # a fast one: back to the interval
+    now[0] += 60
+    assert clock.due(5) and (clock.count, clock.seconds) == (2, 11.0)
 
 
 def test_reference_logps_are_reused_across_runs(tiny_model, pairs_path, tmp_path, monkeypatch):

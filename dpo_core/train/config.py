@@ -55,7 +55,13 @@ class TrainConfig:
                             "AdamW stay fp32 either way")
     eval_steps: int = Field(0, ge=0, description="Evaluate on the held-out pairs every N optimizer steps "
                                                  "(0: only at the end)")
-    save_steps: int = Field(0, ge=0, description="Checkpoint every N optimizer steps for resume (0: never)")
+    save_steps: int = Field(0, ge=0, description="Checkpoint every N optimizer steps for resume (0: by time, "
+                                                 "checkpoint_interval_s)")
+    checkpoint_interval_s: float = Field(60.0, ge=0.0, description=(
+        "With save_steps=0: checkpoint once this much training time has passed since the last checkpoint (or the "
+        "start) and 20 times as long as the last one took to write. So checkpoints cost at most 5% of training "
+        "time, a crashed run repeats at most that much work when run again, and a run shorter than this writes "
+        "none (restarting it costs less). 0 (with save_steps=0): never checkpoint"))
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept: the newest, and one before it in case "
                                                        "the newest was cut short")
     seed: int = Field(0, ge=0, description="Seeds the data order, LoRA init and dropout")

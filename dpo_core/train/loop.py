@@ -5,10 +5,11 @@ AdamW, warm-up then cosine or linear decay, gradient accumulation in which each 
 loss is its share of the whole step's mean (per-example terms divided by the step's examples,
 per-token terms such as SFT's cross-entropy by the step's answer tokens, over every process), so 4
 micro-batches of 1, or 2 processes of 2, equal one batch of 4; clipping, bf16 autocast where the
-device has it or the config asks, evaluation and checkpoints every N steps, and resume from the
-last checkpoint with optimizer, scheduler and RNG state. One metrics line per optimizer step goes
-to ``metrics.jsonl``. With ``sharding="fsdp"`` the same loop drives a model sharded by FSDP2
-(``sharding.py``): its checkpoints are sharded, and the model is gathered whole to be saved.
+device has it or the config asks, evaluation, checkpoints (every N steps, or by the time rule of
+``CheckpointClock``), and resume from the last checkpoint with optimizer, scheduler and RNG state.
+One metrics line per optimizer step goes to ``metrics.jsonl``. With ``sharding="fsdp"`` the same
+loop drives a model sharded by FSDP2 (``sharding.py``): its checkpoints are sharded, and the model
+is gathered whole to be saved.
 """
 
 from __future__ import annotations
@@ -204,11 +205,15 @@ def fit(
     scheduler = get_scheduler(cfg.scheduler, optimizer.lead, num_warmup_steps=round(cfg.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
     checkpointed = checkpointed or {}
-    step = _resume(model, optimizer, scheduler, out_dir, checkpointed)
+    step = resumed_from = _resume(model, optimizer, scheduler, out_dir, checkpointed)
     metrics_path = out_dir / "metrics.jsonl"
     if distributed.is_main():
         print(describe_precision(cfg), flush=True)
+        if resumed_from:
+            print(f"resumed from the checkpoint of step {step} of {total_steps}: steps 1-{step} are not trained "
+                  "again", flush=True)
         _truncate_metrics(metrics_path, step)
+    clock = CheckpointClock(cfg.save_steps, cfg.checkpoint_interval_s)
     last: dict = {}
     started = time.perf_counter()
     model.train()
@@ -243,11 +248,41 @@ def fit(
             if log is not None:  # before the checkpoint: a run resumed from it has this step's line
                 log.write(json.dumps({"step": step} | last) + "\n")
                 log.flush()
-            if cfg.save_steps and step % cfg.save_steps == 0 and step < total_steps:
+            if step < total_steps and clock.due(step):
+                writing = time.perf_counter()
                 _save_checkpoint(model, optimizer, scheduler, step, out_dir, cfg.save_total_limit, checkpointed)
+                clock.written(time.perf_counter() - writing)
             if on_step and log is not None:
                 on_step(step, total_steps, last)
-    return last | {"train_runtime": time.perf_counter() - started}
+    return last | {"train_runtime": time.perf_counter() - started, "resumed_from_step": resumed_from,
+                   "checkpoints_written": clock.count, "checkpoint_seconds": clock.seconds}
+
+
+class CheckpointClock:
+    """When to checkpoint: every ``save_steps`` steps when set; else once ``interval_s`` of training
+    has passed since the last checkpoint (or the start) and 20 times as long as the last one took to
+    write. Checkpoints then cost at most 5% of training time, a crash loses at most that much work,
+    and a run shorter than ``interval_s`` writes none: restarting it costs less than checkpointing.
+    Processes agree through the main process's clock (a sharded save needs every process)."""
+
+    MAX_SHARE = 0.05  # of training time spent writing checkpoints
+
+    def __init__(self, save_steps: int, interval_s: float):
+        self.save_steps, self.interval_s = save_steps, interval_s
+        self.since, self.last_cost = time.perf_counter(), 0.0
+        self.count, self.seconds = 0, 0.0
+
+    def due(self, step: int) -> bool:
+        if self.save_steps:
+            return step % self.save_steps == 0
+        if not self.interval_s:
+            return False
+        waited = time.perf_counter() - self.since >= max(self.interval_s, self.last_cost / self.MAX_SHARE)
+        return distributed.sum_values({"due": float(waited and distributed.is_main())})["due"] > 0
+
+    def written(self, seconds: float) -> None:
+        self.since, self.last_cost = time.perf_counter(), seconds
+        self.count, self.seconds = self.count + 1, self.seconds + seconds
 
 
 @torch.no_grad()
@@ -330,6 +365,10 @@ def _save_checkpoint(model, optimizer, scheduler, step: int, out_dir: Path, keep
 
 def _resume(model, optimizer, scheduler, out_dir: Path, checkpointed: Mapping[str, torch.nn.Module]) -> int:
     """Load the newest checkpoint under ``out_dir``, if any; return the step it was taken at."""
+    if distributed.is_main():  # a checkpoint cut short by a crash never got its name: drop what it wrote
+        for partial in (out_dir / "checkpoints").glob(".step-*"):
+            shutil.rmtree(partial)
+    distributed.barrier()
     checkpoints = sorted((out_dir / "checkpoints").glob("step-*"))
     if not checkpoints:
         return 0
@@ -361,8 +400,6 @@ def _resume(model, optimizer, scheduler, out_dir: Path, checkpointed: Mapping[st
     torch.set_rng_state(state["cpu_rng"])
     if state["cuda_rng"]:
         torch.cuda.set_rng_state_all(state["cuda_rng"])
-    if distributed.is_main():
-        print(f"resuming from {latest}", flush=True)
     return int(latest.name.split("-")[1])
 
 

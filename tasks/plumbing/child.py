@@ -3,12 +3,18 @@
 The group is killed whole when the task is cancelled, crashes or passes its deadline, so no
 trainer outlives its Prefect run; the child's output is relayed line by line to the run's log.
 Prefect's own ``timeout_seconds`` cannot interrupt a blocking call, hence the deadline here.
+A task process killed with kill -9 runs none of that: the child then dies with it (Linux's
+parent-death signal), and a lock on the output folder, held while any stage process lives, makes
+the next run wait for a child that did not rather than write beside it. A folder whose stage
+finished (``result.json`` beside the same ``job.json``) is trusted as is; any other is resumed by
+the stage from what it stored (checkpoints, item cache) or rewritten.
 A failure raises ``StageFailed`` quoting the child's own error, and says whether trying again
 could help: only a network fault or a process killed from outside.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -16,12 +22,14 @@ import subprocess
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from dpo_core.common.protocol import ERROR_FILE, RESULT_FILE, parse_progress
+from dpo_core.common.protocol import ERROR_FILE, PARENT_ENV, RESULT_FILE, die_with_parent, parse_progress
 
 _GRACE_SECONDS = 10
+_LOCK_FILE = "stage.lock"
 _TAIL_LINES = 40  # kept to quote the error of a child that died before writing error.json
 
 
@@ -48,16 +56,26 @@ def run_stage_in_child(
     ``result.json``. ``secret_env`` (API keys) reaches the child through its environment only:
     never the job file, the log or MLflow."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    job_path = out_dir / "job.json"
-    job_path.write_text(json.dumps(job, indent=2))
-    for stale in (RESULT_FILE, ERROR_FILE):  # from an earlier attempt in the same folder
-        (out_dir / stale).unlink(missing_ok=True)
+    with _folder_lock(out_dir, log) as lock_fd:
+        job_path = out_dir / "job.json"
+        if (out_dir / RESULT_FILE).exists() and job_path.exists() and json.loads(job_path.read_text()) == job:
+            log(f"stage {stage} already finished in {out_dir} (a run that ended before recording it): reusing it")
+            return json.loads((out_dir / RESULT_FILE).read_text())
+        job_path.write_text(json.dumps(job, indent=2))
+        for stale in (RESULT_FILE, ERROR_FILE):  # from an earlier attempt in the same folder
+            (out_dir / stale).unlink(missing_ok=True)
+        return _run(stage, job_path, out_dir, log, timeout_s, on_progress, secret_env, processes, lock_fd)
+
+
+def _run(stage, job_path, out_dir, log, timeout_s, on_progress, secret_env, processes, lock_fd) -> dict:
     tail: deque[str] = deque(maxlen=_TAIL_LINES)
     proc = subprocess.Popen(
         _command(stage, job_path, out_dir, processes),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
         start_new_session=True,  # its own process group: killpg reaches every grandchild too
-        env=os.environ | secret_env if secret_env else None,
+        preexec_fn=die_with_parent,  # and it dies with this process, even one killed by kill -9
+        pass_fds=(lock_fd,),  # the folder stays locked while the child lives
+        env=os.environ | (secret_env or {}) | {PARENT_ENV: str(os.getpid())},
     )
     relay = threading.Thread(target=_relay, args=(proc, log, on_progress, tail), daemon=True)
     relay.start()
@@ -76,6 +94,26 @@ def run_stage_in_child(
     if code != 0:
         raise _failure(stage, code, out_dir, tail)
     return json.loads((out_dir / RESULT_FILE).read_text())
+
+
+@contextmanager
+def _folder_lock(out_dir: Path, log: Callable[[str], None]) -> Iterator[int]:
+    """An exclusive lock on the stage's folder. The stage process inherits it, so the kernel frees it
+    only when both are gone: a second run of the same stage (same inputs, same folder) waits for
+    the first, or for a child of a killed run that outlived it, then finds its result."""
+    fd = os.open(out_dir / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"{out_dir} is in use by a run of this stage started by process {os.pread(fd, 32, 0).decode()}; "
+                "waiting for it to end")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def _failure(stage: str, code: int, out_dir: Path, tail: deque[str]) -> StageFailed:

@@ -14,8 +14,10 @@ from tasks.plumbing.results import ModelRef
 from tasks.plumbing.stage import markdown_table, publish
 from tasks.plumbing.tracking import experiment_id, log_step_metrics, log_trained_model, stage_run
 
-# sizes a trainer reports (its per-step metrics come from metrics.jsonl): examples and pairs by source, truncations
-_COUNTS = ("train_examples", "train_pairs", "eval_pairs", "examples_", "truncated_")
+# sizes a trainer reports (its per-step metrics come from metrics.jsonl): examples and pairs by source, truncations;
+# and how the run went: the checkpoint step it resumed from (0: the start), the checkpoints it wrote and their cost
+_COUNTS = ("train_examples", "train_pairs", "eval_pairs", "examples_", "truncated_", "resumed_from_step",
+           "checkpoints_written", "checkpoint_seconds")
 
 
 def train_in_child(stage: str, cfg, inputs: dict, out: Path, parent_run_id: str, params: dict,
