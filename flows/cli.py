@@ -10,17 +10,25 @@ text, and the config checks it as the form would.
     dpo-pipeline lifecycle --model ./my-model --data.source chats.jsonl --feedback.judge rubric:openai:...
     dpo-pipeline sft --dataset <run id or folder> --feedback <run id or folder> --sft.epochs 2
     dpo-pipeline evaluate-model --model ./my-model --prompts heldout.jsonl --evaluation.judge openai:...
+
+One command is no flow: ``dpo-pipeline runs reconcile [--stale-after SECONDS] [--dry-run]`` ends the
+MLflow runs (and Prefect flow runs) that killed flows left RUNNING; every flow also does it when it starts.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import getpass
 import importlib
 import inspect
 import json
+import os
 import re
+import socket
 import sys
+
+from tasks.plumbing import reconcile
 
 COMMANDS = {  # command -> the flow it runs
     "lifecycle": "flows.lifecycle:lifecycle",
@@ -50,7 +58,20 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(command, help=summary, description=doc,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
         _add_flow_options(sub, flow)
+    _add_runs_commands(commands)
     return parser
+
+
+def _add_runs_commands(commands) -> None:
+    """``runs ACTION``: housekeeping of the pipeline's MLflow runs, outside any flow."""
+    runs = commands.add_parser("runs", help="Housekeeping of the pipeline's MLflow runs (no flow).")
+    actions = runs.add_subparsers(dest="action", required=True, metavar="ACTION")
+    doc = inspect.getdoc(reconcile)
+    sub = actions.add_parser("reconcile", help=doc.splitlines()[0], description=doc,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub.add_argument("--stale-after", dest="stale_after_s", type=float, default=reconcile.STALE_AFTER_S,
+                     metavar="SECONDS", help="End runs whose heartbeat is older than this (default: %(default)s).")
+    sub.add_argument("--dry-run", action="store_true", help="Print the runs that would end; change nothing.")
 
 
 def _add_flow_options(parser: argparse.ArgumentParser, flow) -> None:
@@ -118,9 +139,25 @@ def _with_fields(config, fields: dict):
     return type(config)(**values)
 
 
+def reconcile_command(stale_after_s: float, dry_run: bool) -> None:
+    """One line per run ended (with ``dry_run``: that would end), then how many."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a container's uid with no passwd entry and no USER variable
+        user = f"uid{os.getuid()}"
+    ended = reconcile.reconcile_runs(by=f"cli:{user}@{socket.gethostname()}", stale_after_s=stale_after_s,
+                                     dry_run=dry_run)
+    for run in ended:
+        print(f"{run.run_id}  {run.run_name}  flow run {run.flow_run_id}  {run.status}  {run.reason}")
+    print(f"{len(ended)} runs {'would be ended (dry run)' if dry_run else 'ended'}")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
+    if command == "runs":  # its one action so far: reconcile
+        reconcile_command(args["stale_after_s"], args["dry_run"])
+        return
     flow = load_flow(command)
     try:
         kwargs = flow_arguments(flow, args)

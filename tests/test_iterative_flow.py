@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -17,9 +16,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import mlflow
-import psutil
 import pytest
 from mlflow.tracking import MlflowClient
+from tiny import kill_9
 
 from dpo_core.common.digest import digest_files
 from dpo_core.data.build_dataset import BuildConfig
@@ -150,12 +149,7 @@ def _kill_in_round_2_feedback(proc: subprocess.Popen, feedback_dirs: Path, known
         if before is None and len(new) >= 2:
             before = _items(cache)  # round 2's stage has started: round 1's items are all stored
         elif before is not None and _items(cache) > before:
-            family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-            for p in family:
-                p.send_signal(signal.SIGSTOP)
-            stored, killed_at = _items(cache), time.time()
-            for p in family:
-                p.send_signal(signal.SIGKILL)
+            stored, killed_at = kill_9(proc.pid, lambda: (_items(cache), time.time()))
             proc.wait()
             return before, stored, killed_at
         time.sleep(0.005)

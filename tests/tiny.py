@@ -4,8 +4,11 @@ a base model whose small byte-level tokenizer has no chat template and none of i
 from __future__ import annotations
 
 import json
+import signal
+from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
@@ -35,6 +38,20 @@ def crash_after(step: int):
             raise Crash(f"after step {done}")
 
     return on_step
+
+
+def kill_9(pid: int, frozen: Callable[[], object] = lambda: None):
+    """Freeze a process and every process under it (a stage child in a session of its own is still
+    under it), call ``frozen`` to read what they left, then SIGKILL them all: a crashed machine, where
+    nothing gets to clean up. Returns what ``frozen`` read."""
+    family = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    for p in family:
+        p.send_signal(signal.SIGSTOP)
+    seen = frozen()
+    for p in family:
+        p.send_signal(signal.SIGKILL)
+    psutil.wait_procs(family, timeout=30)
+    return seen
 
 
 def read_metrics(out: Path) -> list[dict]:

@@ -59,7 +59,7 @@ def run_stage_in_child(
     with _folder_lock(out_dir, log) as lock_fd:
         job_path = out_dir / "job.json"
         if (out_dir / RESULT_FILE).exists() and job_path.exists() and json.loads(job_path.read_text()) == job:
-            log(f"stage {stage} already finished in {out_dir} (a run that ended before recording it): reusing it")
+            log(f"stage {stage} already finished in {out_dir}: reusing its {RESULT_FILE}")
             return json.loads((out_dir / RESULT_FILE).read_text())
         job_path.write_text(json.dumps(job, indent=2))
         for stale in (RESULT_FILE, ERROR_FILE):  # from an earlier attempt in the same folder
