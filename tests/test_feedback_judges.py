@@ -1,20 +1,17 @@
-"""The feedback judges (rubric parsing, pairwise, reward model), the model pool, the item cache,
-and sampling with the prompt prefilled once."""
+"""The feedback judges (rubric parsing, pairwise, reward model), the model pool and the item cache
+(sampling with the prompt prefilled once: tests/test_sampling_streams.py)."""
 
 from __future__ import annotations
 
 import pytest
-import torch
 
 from dpo_core.common.io import read_jsonl, write_jsonl
-from dpo_core.common.models import load_model, load_tokenizer
 from dpo_core.common.records import PreferencePair, PromptRecord
 from dpo_core.feedback.config import FeedbackConfig
 from dpo_core.feedback.item_cache import ItemCache, item_key
 from dpo_core.feedback.stage import collect_feedback
 from dpo_core.inference.backends import LocalChat
 from dpo_core.inference.config import ClientOptions, SamplingConfig
-from dpo_core.inference.generation import generate
 from dpo_core.judges.pairwise import PairwiseJudge
 from dpo_core.judges.reward_model import RewardModelJudge
 from dpo_core.judges.rubric import RubricJudge, judge_prompt, parse_ratings
@@ -156,24 +153,6 @@ def test_a_local_model_retrained_in_place_is_not_served_from_the_cache(tmp_path)
 
     make_tiny_reward_model(rm, seed=1)
     assert run()[0] == (4, 2)  # the samples are reused; the new reward model judges again
-
-
-def test_prefill_once_samples_like_num_return_sequences(tiny_model):
-    """The prompt cache repeated for K samples gives the samples plain generate would draw."""
-    model, tokenizer = load_model(tiny_model), load_tokenizer(tiny_model)
-    chats = [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "Tell me about rivers, please."}]]
-    cfg = SamplingConfig(num_samples=3, max_new_tokens=10, temperature=1.0, batch_size=2, seed=7)
-    ours = generate(model, tokenizer, chats, cfg)
-    tokenizer.padding_side = "left"
-    enc = tokenizer([tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats],
-                    return_tensors="pt", padding=True, add_special_tokens=False)  # already shortest first
-    torch.manual_seed(cfg.seed * 100_003)
-    plain = model.generate(**enc, max_new_tokens=10, do_sample=True, temperature=1.0, top_p=cfg.top_p, top_k=None,
-                           num_return_sequences=3, pad_token_id=tokenizer.pad_token_id,
-                           eos_token_id=[tokenizer.eos_token_id])[:, enc["input_ids"].shape[1]:]
-    plain_texts = [tokenizer.decode(t, skip_special_tokens=True).strip() for t in plain]
-    assert [g.text for g in ours[0]] + [g.text for g in ours[1]] == plain_texts
-    assert len(set(plain_texts)) > 1  # real samples, not one greedy answer repeated
 
 
 def test_rubric_verdict_averages_aspects_into_zero_to_one():

@@ -26,7 +26,10 @@ class SamplingConfig:
     top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling: drops the unlikely tail that "
                                                            "temperature alone would keep")
     batch_size: int = Field(8, ge=1, description="Prompts per generate call; each holds num_samples sequences")
-    seed: int = Field(0, ge=0, description="Sample k of a prompt uses seed + k: the same settings draw the same answers")
+    seed: int = Field(0, ge=0, description="Sample k of a prompt draws from a random stream of its own: seeded by "
+                                           "(seed, k, prompt) on transformers, seed + k on vLLM and servers. The same "
+                                           "settings draw the same answers however prompts are batched, ordered or "
+                                           "resumed")
 
     def __post_init__(self):
         if self.temperature == 0 and self.num_samples != 1:

@@ -4,15 +4,22 @@ Prompts are sorted by length and left-padded so each ``generate`` call wastes li
 The prompts of a batch are prefilled once; their key/value cache is then repeated for the K
 samples of each prompt, which decode together (``num_return_sequences`` would prefill every
 prompt K times).
+
+Each sampled answer draws its tokens from a random stream of its own, seeded by the sampling seed,
+its sample index k and its prompt, rather than from torch's global generator: an answer then does
+not depend on which prompts share its batch or on the batch's place in the run, so a resumed run,
+which generates only the answers it lacks, draws the ones an uninterrupted run would have drawn.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
+from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
 from dpo_core.common.chat import render_prompt
 from dpo_core.inference.config import SamplingConfig
@@ -42,20 +49,25 @@ def generate(
     results: list[list[Generation]] = [[] for _ in texts]
     eos = eos_ids(model.generation_config, tokenizer)
     tokenizer.padding_side = "left"
-    for b, start in enumerate(range(0, len(order), cfg.batch_size)):
+    for start in range(0, len(order), cfg.batch_size):
         idx = order[start : start + cfg.batch_size]
         enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
         ids, mask = enc["input_ids"].to(model.device), enc["attention_mask"].to(model.device)
         cache = _prefill_once(model, ids, mask, cfg.num_samples)
-        torch.manual_seed(cfg.seed * 100_003 + b)
+        samplers = LogitsProcessorList()  # none: greedy
+        if cfg.temperature > 0:
+            uniforms = torch.stack([sample_uniforms(cfg.seed, k, texts[i], cfg.max_new_tokens)
+                                    for i in idx for k in range(cfg.num_samples)])
+            samplers.append(StreamSampler(uniforms.to(ids.device), ids.shape[1], cfg.temperature, cfg.top_p))
         out = model.generate(
             input_ids=ids.repeat_interleave(cfg.num_samples, 0),
             attention_mask=mask.repeat_interleave(cfg.num_samples, 0),
             past_key_values=cache,
             max_new_tokens=cfg.max_new_tokens,
-            do_sample=cfg.temperature > 0,
-            temperature=cfg.temperature if cfg.temperature > 0 else None,
-            top_p=cfg.top_p if cfg.temperature > 0 else None,
+            do_sample=False,  # greedy, or the one token StreamSampler left a finite score
+            logits_processor=samplers,
+            temperature=None,
+            top_p=None,
             top_k=None,
             eos_token_id=eos,
             pad_token_id=tokenizer.pad_token_id,
@@ -70,6 +82,36 @@ def generate(
         if on_batch:
             on_batch(min(start + cfg.batch_size, len(order)), len(order))
     return results
+
+
+def sample_uniforms(seed: int, k: int, prompt_text: str, steps: int) -> torch.Tensor:
+    """The ``steps`` uniforms in [0, 1) that pick the tokens of sample ``k`` of a rendered prompt,
+    from a generator of its own seeded by (seed, k, prompt), whatever else is generated with it."""
+    digest = hashlib.sha256(f"{seed}\0{k}\0{prompt_text}".encode()).digest()
+    stream = torch.Generator().manual_seed(int.from_bytes(digest[:4], "big"))  # a CPU generator keeps 32 bits
+    return torch.rand(steps, generator=stream)
+
+
+class StreamSampler(LogitsProcessor):
+    """Draws every row's next token with the row's own uniforms (``uniforms[row, t]`` picks its t-th
+    generated token) and leaves only that token a finite score, so greedy decoding takes it.
+
+    Temperature and top-p are transformers' own warpers; the pick is the inverse of the row's
+    cumulative distribution, so a token is drawn with its probability, as ``torch.multinomial`` would."""
+
+    def __init__(self, uniforms: torch.Tensor, prompt_width: int, temperature: float, top_p: float):
+        self.uniforms, self.prompt_width = uniforms, prompt_width
+        self.warpers = LogitsProcessorList([TemperatureLogitsWarper(temperature)])
+        if top_p < 1.0:
+            self.warpers.append(TopPLogitsWarper(top_p))
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        step = input_ids.shape[1] - self.prompt_width
+        cdf = self.warpers(input_ids, scores).softmax(-1).cumsum(-1)
+        # 1 - u is in (0, 1]: the first token whose cumulative probability reaches it has a probability above 0
+        targets = (1 - self.uniforms[:, step : step + 1]) * cdf[:, -1:]
+        tokens = torch.searchsorted(cdf, targets)
+        return torch.full_like(scores, -math.inf).scatter_(1, tokens, 0.0)
 
 
 def _prefill_once(model, ids: torch.Tensor, mask: torch.Tensor, repeats: int) -> DynamicCache | None:
