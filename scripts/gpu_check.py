@@ -2,7 +2,8 @@
 scripts/gpu_check.sh, which says how): each part writes its tokens/s and peak memory to
 ``WORK/results/PART.json``, and ``summary`` prints them as one table.
 
-    data      the embedded model converted (once), held-out prompts and preference pairs written
+    data      the model made ready (the embedded one converted once, or random weights built, below),
+              held-out prompts and preference pairs written
     sft       SFT on the pairs' chosen answers, bf16 autocast
     dpo       DPO from the SFT model, bf16 autocast
     evaluate  the evaluate stage on the base, SFT and DPO models (transformers engine), with
@@ -14,6 +15,12 @@ scripts/gpu_check.sh, which says how): each part writes its tokens/s and peak me
 A fresh process per part gives each its own peak-memory counter and its own CUDA context, and
 lets vLLM start with the GPU to itself. GPU_CHECK_DEVICE=cpu runs every part on the CPU with small
 settings (gpu_check.sh hides the GPUs), to check this script's logic on a machine without one.
+
+GPU_CHECK_MODEL=FOLDER runs every part on that transformers folder instead. A folder without weights
+(config and tokenizer files alone: a few MB that travel where 500 MB of weights cannot, to a machine
+that cannot download) stands for its architecture with random weights, which the data part builds
+(torch seed 0) into WORK/random-model: the steps' speed and memory are those of the real model, but
+losses, perplexities and accuracies mean nothing, and the table says so.
 """
 
 from __future__ import annotations
@@ -53,6 +60,39 @@ TOPICS = ["rivers", "bicycles", "libraries", "volcanoes", "pianos", "caves", "sa
           "puffins", "paper", "windmills", "rain"]
 INSTRUCTIONS = [("Answer in lowercase letters only.", {"kind": "lowercase", "args": {}}),
                 ("Do not use any commas.", {"kind": "no_commas", "args": {}})]
+MODEL_ENV = "GPU_CHECK_MODEL"
+RANDOM_MODEL = "random-model"  # under WORK: the weights the data part builds for a GPU_CHECK_MODEL without any
+
+
+def model_ref(work: Path) -> str:
+    """The model every part starts from: the embedded default, else the GPU_CHECK_MODEL folder, or
+    the random-weight model built from it when it has no weights."""
+    from dpo_core.common.models import EMBEDDED_DEFAULT
+
+    folder = os.environ.get(MODEL_ENV)
+    if not folder:
+        return EMBEDDED_DEFAULT
+    return str(work / RANDOM_MODEL) if random_weights() else folder
+
+
+def random_weights() -> bool:
+    """A GPU_CHECK_MODEL folder without weights, which stands for its architecture."""
+    folder = os.environ.get(MODEL_ENV)
+    return bool(folder) and not any(Path(folder).glob("*.safetensors"))
+
+
+def build_random_model(folder: str, dest: Path) -> Path:
+    """The architecture of ``folder``'s config with seed-0 random weights, saved as safetensors with
+    the folder's tokenizer and generation config, so every part loads it as it would a real model."""
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    from dpo_core.common.models import load_tokenizer, save_model_folder
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), dtype=torch.float32)
+    if (Path(folder) / "generation_config.json").exists():
+        model.generation_config = GenerationConfig.from_pretrained(folder)
+    return save_model_folder(model, load_tokenizer(folder), dest)
 
 
 def settings() -> Settings:
@@ -105,18 +145,22 @@ class StepTimer:
 
 def part_data(work: Path, s: Settings) -> None:
     from dpo_core.common.io import write_jsonl
-    from dpo_core.common.models import EMBEDDED_DEFAULT, resolve_model
+    from dpo_core.common.models import resolve_model
     from dpo_core.common.records import PromptRecord
 
     started = time.perf_counter()
-    path = resolve_model(EMBEDDED_DEFAULT)  # converts the shipped GGUF on first use
+    if random_weights():
+        path = str(build_random_model(os.environ[MODEL_ENV], work / RANDOM_MODEL))
+    else:
+        path = resolve_model(model_ref(work))  # the embedded default: converts the shipped GGUF on first use
     asks = [(topic, text, check) for text, check in INSTRUCTIONS for topic in TOPICS]  # 68 held-out prompts
     prompts = [PromptRecord(f"e-{i:03d}", [{"role": "user", "content": f"Tell me about {topic}. {text}"}], [check])
                for i, (topic, text, check) in enumerate(asks)]
     write_jsonl(work / "eval.jsonl", (p.to_dict() for p in prompts))
     write_jsonl(work / "pairs.jsonl", (_pair(i) for i in range(s.pairs)))
     write_jsonl(work / "heldout_pairs.jsonl", (_pair(i, held_out=True) for i in range(8)))
-    record(work, "data", None, time.perf_counter() - started, f"model {path}")
+    note = f"random weights, {os.environ[MODEL_ENV]}'s architecture: " if random_weights() else ""
+    record(work, "data", None, time.perf_counter() - started, f"{note}model {path}")
 
 
 def _pair(i: int, held_out: bool = False) -> dict:
@@ -132,13 +176,12 @@ def _pair(i: int, held_out: bool = False) -> dict:
 
 
 def part_sft(work: Path, s: Settings) -> None:
-    from dpo_core.common.models import EMBEDDED_DEFAULT
     from dpo_core.train.config import SFTConfig
     from dpo_core.train.sft import train_sft
 
     timer = StepTimer()
     cfg = SFTConfig(precision=precision(), max_steps=s.train_steps, batch_size=s.batch_size, max_length=s.max_length)
-    train_sft(cfg, EMBEDDED_DEFAULT, work / "sft", pairs_paths=[work / "pairs.jsonl"], on_step=timer.on_step)
+    train_sft(cfg, model_ref(work), work / "sft", pairs_paths=[work / "pairs.jsonl"], on_step=timer.on_step)
     record(work, "sft", *timer.throughput(), f"LoRA, {precision()}, {s.train_steps} steps of {s.batch_size}")
 
 
@@ -153,30 +196,29 @@ def part_dpo(work: Path, s: Settings) -> None:
 
 
 def _trained_or_base(work: Path, stage: str) -> str:
-    """The model ``stage`` saved, or the embedded default when that part failed (the next still runs)."""
-    from dpo_core.common.models import EMBEDDED_DEFAULT
-
+    """The model ``stage`` saved, or the starting model when that part failed (the next still runs)."""
     saved = work / stage / "model"
-    return str(saved) if (saved / "config.json").exists() else EMBEDDED_DEFAULT
+    return str(saved) if (saved / "config.json").exists() else model_ref(work)
 
 
 def part_evaluate(work: Path, s: Settings) -> None:
     from dpo_core.common.io import read_jsonl
-    from dpo_core.common.models import EMBEDDED_DEFAULT, load_tokenizer, resolve_model
+    from dpo_core.common.models import load_tokenizer, resolve_model
     from dpo_core.evaluate.config import EvalConfig
     from dpo_core.evaluate.stage import evaluate
 
-    models = {"base": EMBEDDED_DEFAULT, "sft": _trained_or_base(work, "sft"), "dpo": _trained_or_base(work, "dpo")}
+    models = {"base": model_ref(work), "sft": _trained_or_base(work, "sft"), "dpo": _trained_or_base(work, "dpo")}
     cfg = EvalConfig(max_prompts=s.eval_prompts, max_new_tokens=s.eval_new_tokens, batch_size=16)
     started = time.perf_counter()
     result = evaluate(cfg, models, work / "eval.jsonl", work / "evaluate", work / "heldout_pairs.jsonl")
     seconds = time.perf_counter() - started
-    tokenizer = load_tokenizer(resolve_model(EMBEDDED_DEFAULT))
+    tokenizer = load_tokenizer(resolve_model(model_ref(work)))
     tokens = sum(len(tokenizer(row["response"], add_special_tokens=False)["input_ids"])
                  for row in read_jsonl(result.samples_path))
     dpo = result.scores["dpo"]
+    perplexity, accuracy = dpo.get("perplexity", float("nan")), dpo.get("preference_accuracy", float("nan"))
     record(work, "evaluate", tokens, seconds, f"answer tokens / stage time, 3 models; dpo perplexity "
-           f"{dpo.get('perplexity', float('nan')):.2f}, preference accuracy {dpo.get('preference_accuracy', float('nan')):.2f}")
+           f"{perplexity:.2f}, preference accuracy {accuracy:.2f}")
 
 
 def part_vllm(work: Path, s: Settings) -> None:
@@ -184,10 +226,10 @@ def part_vllm(work: Path, s: Settings) -> None:
 
     from dpo_core.common.chat import render_prompt
     from dpo_core.common.io import read_jsonl
-    from dpo_core.common.models import EMBEDDED_DEFAULT, load_tokenizer, resolve_model
+    from dpo_core.common.models import load_tokenizer, resolve_model
 
     gpu = torch.cuda.is_available()
-    path = resolve_model(EMBEDDED_DEFAULT)
+    path = resolve_model(model_ref(work))
     tokenizer = load_tokenizer(path)
     chats = [row["messages"] for row in read_jsonl(work / "eval.jsonl")][: s.vllm_prompts]
     prompts = [{"prompt_token_ids": tokenizer(render_prompt(tokenizer, c), add_special_tokens=False)["input_ids"]}
@@ -221,14 +263,13 @@ def part_fsdp(work: Path, s: Settings) -> None:
 
 
 def _fsdp_with_trainer(work: Path, s: Settings, processes: int) -> None:
-    from dpo_core.common.models import EMBEDDED_DEFAULT
     from dpo_core.train.config import SFTConfig
     from dpo_core.train.sft import train_sft
 
     timer = StepTimer()  # hears of steps on the main process only, with every process's tokens summed
     cfg = SFTConfig(sharding="fsdp", num_processes=processes, lora=False, precision=precision(),
                     max_steps=s.train_steps, batch_size=s.batch_size, max_length=s.max_length)
-    train_sft(cfg, EMBEDDED_DEFAULT, work / "fsdp", pairs_paths=[work / "pairs.jsonl"], on_step=timer.on_step)
+    train_sft(cfg, model_ref(work), work / "fsdp", pairs_paths=[work / "pairs.jsonl"], on_step=timer.on_step)
     if _is_main():
         record(work, "fsdp", *timer.throughput(), f"trainer, sharding=fsdp over {processes} processes, full "
                f"fine-tune, {precision()}; peak memory of rank 0")
@@ -246,7 +287,7 @@ def _fsdp_raw(work: Path, s: Settings) -> None:
 
     from dpo_core.common.chat import encode
     from dpo_core.common.io import read_jsonl
-    from dpo_core.common.models import EMBEDDED_DEFAULT, compute_device, load_model, load_tokenizer, resolve_model
+    from dpo_core.common.models import compute_device, load_model, load_tokenizer, resolve_model
 
     gpu = torch.cuda.is_available()
     device = compute_device()
@@ -254,7 +295,7 @@ def _fsdp_raw(work: Path, s: Settings) -> None:
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if gpu else "gloo")  # torchrun's env: RANK, WORLD_SIZE, MASTER_ADDR
     try:
-        path = resolve_model(EMBEDDED_DEFAULT)
+        path = resolve_model(model_ref(work))
         tokenizer, model = load_tokenizer(path), load_model(path)  # fp32 master weights, placed on `device`
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if gpu \
             else MixedPrecisionPolicy()
@@ -322,6 +363,9 @@ def summary(work: Path) -> int:
     widths = [max(len(str(x)) for x in col) for col in zip(head, *cells, strict=True)]
     for line in [head, ["-" * w for w in widths], *cells]:
         print("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip())
+    if random_weights():
+        print(f"\nrandom weights ({work / RANDOM_MODEL}): tokens/s and memory are the architecture's; losses, "
+              "perplexity and accuracies mean nothing")
     return sum(r["status"] == "FAILED" for r in rows)
 
 
