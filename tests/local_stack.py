@@ -102,6 +102,7 @@ class LocalStack:
 def mlflow_runs(stack: LocalStack, flow_run_id: str) -> tuple[object, list]:
     client = MlflowClient(stack.mlflow)
     exp = client.get_experiment_by_name("dpo-lifecycle")
-    (parent,) = client.search_runs([exp.experiment_id], f"tags.`prefect.flow_run_id` = '{flow_run_id}'")
+    tagged = client.search_runs([exp.experiment_id], f"tags.`prefect.flow_run_id` = '{flow_run_id}'")
+    (parent,) = [r for r in tagged if "mlflow.parentRunId" not in r.data.tags]  # its stage runs name it too
     children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     return parent, children

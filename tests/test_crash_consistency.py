@@ -49,8 +49,10 @@ class Home:
         from prefect.settings import PREFECT_API_URL
 
         self.root = root
+        # named outright: MLflow's set_tracking_uri, called by other tests in this process, exports the session's store
         self.env = os.environ | {"DPO_HOME": str(root), "PREFECT_LOCAL_STORAGE_PATH": str(root / "prefect-results"),
-                                 "DPO_CACHE_DIR": str(root / "cache"), "PREFECT_API_URL": PREFECT_API_URL.value()}
+                                 "DPO_CACHE_DIR": str(root / "cache"), "PREFECT_API_URL": PREFECT_API_URL.value(),
+                                 "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
 
     def start(self, command: list[str], log: Path) -> subprocess.Popen:
         return subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log.open("w"), stderr=subprocess.STDOUT)
@@ -78,7 +80,7 @@ class Home:
         return load_file(folder / "model" / "model.safetensors")
 
     def mlflow(self) -> MlflowClient:
-        return MlflowClient(f"sqlite:///{self.root / 'mlflow.db'}")
+        return MlflowClient(self.env["MLFLOW_TRACKING_URI"])
 
 
 def _kill_when(proc: subprocess.Popen, ready: Callable[[], bool], frozen: Callable[[], object], what: str,
