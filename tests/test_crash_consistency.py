@@ -1,13 +1,15 @@
 """kill -9 anywhere, run again, and find nothing lost, nothing repeated, nothing left RUNNING.
 
-One lifecycle command runs uninterrupted on a tiny model. The same command then runs in a home of
-its own and is killed (kill -9 of the flow process and every process under it, as a crashed machine
-would) in the middle of feedback, then of SFT, then of DPO; each time it is started again, unchanged,
-until it finishes. Real Prefect server, real MLflow store, real child processes.
+A lifecycle command runs on a tiny model in a home of its own and is killed (kill -9 of the flow
+process and every process under it, as a crashed machine would) in the middle of feedback, then of
+SFT, then of DPO; each time it is started again, unchanged, until it finishes. Then the same stage
+jobs run again, uninterrupted, in fresh folders: their outputs must equal the crashed run's. Real
+Prefect server, real MLflow store, real child processes.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -21,6 +23,7 @@ from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 from tiny import kill_9
 
+from tasks.plumbing.child import run_stage_in_child
 from tasks.plumbing.reconcile import RECONCILED_BY_TAG, RECONCILED_REASON_TAG
 from tasks.plumbing.tracking import EXPERIMENT, FLOW_RUN_TAG, FLOW_TAG
 
@@ -75,9 +78,13 @@ class Home:
     def finished(self, stage: str) -> bool:
         return any((d / "result.json").exists() for d in self.stage_dirs(stage))
 
-    def weights(self, stage: str) -> dict:
+    def job(self, stage: str) -> dict:
         (folder,) = self.stage_dirs(stage)
-        return load_file(folder / "model" / "model.safetensors")
+        return json.loads((folder / "job.json").read_text())
+
+    def output(self, stage: str, name: str) -> Path:
+        (folder,) = self.stage_dirs(stage)
+        return folder / name
 
     def mlflow(self) -> MlflowClient:
         return MlflowClient(self.env["MLFLOW_TRACKING_URI"])
@@ -99,11 +106,8 @@ def _kill_when(proc: subprocess.Popen, ready: Callable[[], bool], frozen: Callab
 
 @pytest.fixture(scope="module")
 def crashed_three_times(prefect_server, tiny_model, tmp_path_factory):
-    """The uninterrupted run, and the one killed mid-feedback, mid-SFT and mid-DPO, then finished."""
+    """The run killed mid-feedback, mid-SFT and mid-DPO, then finished."""
     command, logs = _command(tiny_model), tmp_path_factory.mktemp("logs")
-    straight = Home(tmp_path_factory.mktemp("straight"))
-    assert straight.start(command, logs / "straight.log").wait() == 0, (logs / "straight.log").read_text()
-
     home = Home(tmp_path_factory.mktemp("crashed"))
     seen = {}
     proc = home.start(command, logs / "1.log")
@@ -117,7 +121,7 @@ def crashed_three_times(prefect_server, tiny_model, tmp_path_factory):
         assert not home.finished(stage)
     finished = home.start(command, logs / "4.log").wait()
     assert finished == 0, (logs / "4.log").read_text()
-    return straight, home, seen, (logs / "4.log").read_text()
+    return home, seen, (logs / "4.log").read_text()
 
 
 def _runs(client: MlflowClient) -> tuple[list, dict[str, dict[str, object]]]:
@@ -133,7 +137,7 @@ def _runs(client: MlflowClient) -> tuple[list, dict[str, dict[str, object]]]:
 def test_no_run_is_left_running_and_each_killed_one_says_why(crashed_three_times):
     from prefect.client.orchestration import get_client
 
-    _, home, _, log = crashed_three_times
+    home, _, log = crashed_three_times
     client = home.mlflow()
     everything = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
     assert [r.info.run_name for r in everything if r.info.status == "RUNNING"] == []
@@ -153,7 +157,7 @@ def test_no_run_is_left_running_and_each_killed_one_says_why(crashed_three_times
 
 
 def test_no_model_is_asked_again_for_a_finished_feedback_item(crashed_three_times):
-    _, home, seen, _ = crashed_three_times
+    home, seen, _ = crashed_three_times
     cache = home.root / "stages" / "collect-feedback" / "feedback-items.sqlite"
     with sqlite3.connect(cache) as db:  # an item asked for again would have been stored again, later
         assert db.execute("SELECT COUNT(*) FROM items WHERE created <= ?", (seen["killed_at"],)).fetchone()[0] \
@@ -165,16 +169,26 @@ def test_no_model_is_asked_again_for_a_finished_feedback_item(crashed_three_time
 
 
 def test_sft_and_dpo_resume_from_their_last_checkpoint(crashed_three_times):
-    _, home, seen, _ = crashed_three_times
+    home, seen, _ = crashed_three_times
     parents, stages = _runs(home.mlflow())
     assert stages[parents[2].info.run_id]["sft"].data.metrics["resumed_from_step"] == seen["sft"] >= 2
     assert stages[parents[3].info.run_id]["dpo"].data.metrics["resumed_from_step"] == seen["dpo"] >= 2
 
 
-def test_the_models_equal_an_uninterrupted_runs(crashed_three_times):
-    straight, home, _, _ = crashed_three_times
-    for stage in ("sft", "dpo"):
-        a, b = straight.weights(stage), home.weights(stage)
-        assert a.keys() == b.keys()
-        for name in a:
-            assert (a[name] == b[name]).all(), f"{stage}: {name}"
+def test_the_pairs_and_models_equal_an_uninterrupted_runs(crashed_three_times, tmp_path):
+    """Each stage's job run again from the start, uninterrupted, in a fresh folder (and a fresh item
+    cache) gives what the crashed and resumed stages gave: the same candidates and pairs, then
+    the same SFT and DPO weights."""
+    home, _, _ = crashed_three_times
+    for stage, child in (("collect-feedback", "feedback"), ("sft", "sft"), ("dpo", "dpo")):
+        again = tmp_path / stage / "out"  # the feedback item cache goes beside it: a new one
+        run_stage_in_child(child, home.job(stage), again, lambda _: None)
+        if stage == "collect-feedback":
+            for name in ("candidates.jsonl", "pairs.jsonl"):
+                assert (again / name).read_text() == home.output(stage, name).read_text(), name
+            continue
+        resumed, straight = (load_file(folder / "model" / "model.safetensors") for folder in
+                             (home.output(stage, ""), again))
+        assert resumed.keys() == straight.keys()
+        for name in resumed:
+            assert (resumed[name] == straight[name]).all(), f"{stage}: {name}"
