@@ -57,43 +57,49 @@ def run_stage_in_child(
     never the job file, the log or MLflow."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with _folder_lock(out_dir, log) as lock_fd:
-        job_path = out_dir / "job.json"
-        if (out_dir / RESULT_FILE).exists() and job_path.exists() and json.loads(job_path.read_text()) == job:
+        finished = _finished_result(out_dir, job)
+        if finished is not None:
             log(f"stage {stage} already finished in {out_dir}: reusing its {RESULT_FILE}")
-            return json.loads((out_dir / RESULT_FILE).read_text())
+            return finished
+        job_path = out_dir / "job.json"
         job_path.write_text(json.dumps(job, indent=2))
         for stale in (RESULT_FILE, ERROR_FILE):  # from an earlier attempt in the same folder
             (out_dir / stale).unlink(missing_ok=True)
-        return _run(stage, job_path, out_dir, log, timeout_s, on_progress, secret_env, processes, lock_fd)
+        tail: deque[str] = deque(maxlen=_TAIL_LINES)
+        proc = subprocess.Popen(
+            _command(stage, job_path, out_dir, processes),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+            start_new_session=True,  # its own process group: killpg reaches every grandchild too
+            preexec_fn=die_with_parent,  # and it dies with this process, even one killed by kill -9
+            pass_fds=(lock_fd,),  # the folder stays locked while the child lives
+            env=os.environ | (secret_env or {}) | {PARENT_ENV: str(os.getpid())},
+        )
+        relay = threading.Thread(target=_relay, args=(proc, log, on_progress, tail), daemon=True)
+        relay.start()
+        try:
+            code = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            raise StageFailed(f"stage {stage} passed its {timeout_s}s deadline; its process group was killed; "
+                              "raise stage_timeout_s or shrink the stage", retryable=False) from None
+        except BaseException:  # cancellation, KeyboardInterrupt, crash of the parent task
+            _kill_group(proc)
+            raise
+        finally:
+            _kill_stragglers(proc)  # a server or engine process the stage started and left behind
+            relay.join(timeout=5)
+        if code != 0:
+            raise _failure(stage, code, out_dir, tail)
+        return json.loads((out_dir / RESULT_FILE).read_text())
 
 
-def _run(stage, job_path, out_dir, log, timeout_s, on_progress, secret_env, processes, lock_fd) -> dict:
-    tail: deque[str] = deque(maxlen=_TAIL_LINES)
-    proc = subprocess.Popen(
-        _command(stage, job_path, out_dir, processes),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-        start_new_session=True,  # its own process group: killpg reaches every grandchild too
-        preexec_fn=die_with_parent,  # and it dies with this process, even one killed by kill -9
-        pass_fds=(lock_fd,),  # the folder stays locked while the child lives
-        env=os.environ | (secret_env or {}) | {PARENT_ENV: str(os.getpid())},
-    )
-    relay = threading.Thread(target=_relay, args=(proc, log, on_progress, tail), daemon=True)
-    relay.start()
-    try:
-        code = proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        _kill_group(proc)
-        raise StageFailed(f"stage {stage} passed its {timeout_s}s deadline; its process group was killed; "
-                          "raise stage_timeout_s or shrink the stage", retryable=False) from None
-    except BaseException:  # cancellation, KeyboardInterrupt, crash of the parent task
-        _kill_group(proc)
-        raise
-    finally:
-        _kill_stragglers(proc)  # a server or engine process the stage started and left behind
-        relay.join(timeout=5)
-    if code != 0:
-        raise _failure(stage, code, out_dir, tail)
-    return json.loads((out_dir / RESULT_FILE).read_text())
+def _finished_result(out_dir: Path, job: dict) -> dict | None:
+    """The result of a run of this very job that finished in ``out_dir`` (``result.json`` is written
+    last, and only on success), or None."""
+    result, job_path = out_dir / RESULT_FILE, out_dir / "job.json"
+    if result.exists() and job_path.exists() and json.loads(job_path.read_text()) == job:
+        return json.loads(result.read_text())
+    return None
 
 
 @contextmanager
