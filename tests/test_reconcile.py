@@ -233,6 +233,21 @@ def test_runs_of_older_versions_go_stale_by_their_last_metric(client):
     assert client.get_run(parent).info.end_time == hours_ago_ms + 1000
 
 
+def test_damaged_liveness_tags_fall_back_and_stop_no_other_run(client):
+    """Tags edited into nonsense: this host's pid unreadable falls back to the heartbeat; a heartbeat
+    unreadable falls back to the runs' start (now: alive); a dead flow beside them still ends."""
+    bad_pid = flow_run(Running())
+    bad_pid_runs = pipeline_runs(bad_pid, **{PID_TAG: "not a pid", HEARTBEAT_TAG: hour_ago()})
+    bad_beat = flow_run(Running())
+    bad_beat_runs = pipeline_runs(bad_beat, **{HOST_TAG: "elsewhere", HEARTBEAT_TAG: "soon"})
+    dead = flow_run(Crashed())
+    dead_runs = pipeline_runs(dead)
+    ended = reconcile_runs(by=BY)
+    assert 3600 <= silent_s(ended_of(ended, bad_pid)[bad_pid_runs[0]][1]) < 3660
+    assert not ended_of(ended, bad_beat) and statuses(client, bad_beat_runs) == ["RUNNING"] * 3
+    assert statuses(client, dead_runs) == ["KILLED"] * 3
+
+
 def test_runs_that_name_no_flow_run_are_someone_elses(client):
     long_ago = int(1000 * (time.time() - 7200))
     theirs = client.create_run(experiment_id(), start_time=long_ago).info.run_id

@@ -121,8 +121,7 @@ def _prefect_state(prefect: SyncPrefectClient, flow_run_id: str) -> State | None
 def _last_signs(parent: Run, runs: list[Run]) -> tuple[float, int]:
     """When the flow last showed life (epoch seconds: its heartbeat; for runs of older versions, its last
     metric or run start), and the end time its runs get (ms: the last heartbeat or metric, else now)."""
-    tags = parent.data.tags
-    heartbeat = float(tags[HEARTBEAT_TAG]) if HEARTBEAT_TAG in tags else None
+    heartbeat = _number(parent, HEARTBEAT_TAG)
     # to_proto carries the latest value of each metric with its timestamp; .metrics has values only
     stamps = [m.timestamp / 1000 for run in [parent, *runs] for m in run.data.to_proto().metrics]
     last_metric = max(stamps, default=None)
@@ -136,15 +135,24 @@ def _verdict(flow_run_id: str, state: State | None, parent: Run, last_seen: floa
     """How the flow run's runs end and why, or None while it is alive; ``last_seen`` in epoch seconds."""
     if state is not None and state.type in ENDED_AS:
         return ENDED_AS[state.type], f"Prefect flow run {flow_run_id} is {state.type.value}"
-    tags = parent.data.tags
-    if tags.get(HOST_TAG) == socket.gethostname() and PID_TAG in tags:
-        if _process_gone(int(tags[PID_TAG]), float(tags[PID_STARTED_TAG])):
-            return "KILLED", f"flow process {tags[PID_TAG]} on {tags[HOST_TAG]} is gone"
+    pid, started = _number(parent, PID_TAG), _number(parent, PID_STARTED_TAG)
+    if parent.data.tags.get(HOST_TAG) == socket.gethostname() and pid is not None and started is not None:
+        if _process_gone(int(pid), started):
+            return "KILLED", f"flow process {int(pid)} on {socket.gethostname()} is gone"
         return None
     silent_s = time.time() - last_seen
     if silent_s > stale_after_s:
         return "KILLED", f"no heartbeat for {silent_s:.0f} s (stale after {stale_after_s:.0f} s)"
     return None
+
+
+def _number(run: Run, tag: str) -> float | None:
+    """A liveness tag's value, or None when it is missing or was edited into something else: one
+    run's damaged tag then falls back to the next rule rather than stopping every reconciliation."""
+    try:
+        return float(run.data.tags[tag])
+    except (KeyError, ValueError):
+        return None
 
 
 def _process_gone(pid: int, started: float) -> bool:
