@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
-from tiny import kill_9
+from tiny import kill_9, stored_items
 
 from tasks.plumbing.child import run_stage_in_child
 from tasks.plumbing.reconcile import RECONCILED_BY_TAG, RECONCILED_REASON_TAG
@@ -65,11 +65,7 @@ class Home:
         return [d for d in folder.iterdir() if d.is_dir()] if folder.exists() else []
 
     def items(self) -> int:
-        cache = self.root / "stages" / "collect-feedback" / "feedback-items.sqlite"
-        if not cache.exists():
-            return 0
-        with sqlite3.connect(cache) as db:
-            return db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+        return stored_items(self.root / "stages" / "collect-feedback" / "feedback-items.sqlite")
 
     def last_checkpoint(self, stage: str) -> int:
         steps = [int(c.name.split("-")[1]) for d in self.stage_dirs(stage) for c in (d / "checkpoints").glob("step-*")]

@@ -18,7 +18,7 @@ from pathlib import Path
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
-from tiny import kill_9
+from tiny import kill_9, stored_items
 
 from dpo_core.common.digest import digest_files
 from dpo_core.data.build_dataset import BuildConfig
@@ -129,13 +129,6 @@ _SCRIPT = textwrap.dedent("""
 """)
 
 
-def _items(cache: Path) -> int:
-    if not cache.exists():
-        return 0
-    with sqlite3.connect(cache) as db:
-        return db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
-
-
 def _kill_in_round_2_feedback(proc: subprocess.Popen, feedback_dirs: Path, known: set[str], cache: Path,
                               timeout: float = 600) -> tuple[int, int, float]:
     """Wait for round 2's feedback stage to store its first items, then freeze and kill -9 the flow
@@ -147,9 +140,9 @@ def _kill_in_round_2_feedback(proc: subprocess.Popen, feedback_dirs: Path, known
         assert proc.poll() is None, "the flow finished before it could be killed"
         new = [d for d in feedback_dirs.iterdir() if d.is_dir() and d.name not in known] if feedback_dirs.exists() else []
         if before is None and len(new) >= 2:
-            before = _items(cache)  # round 2's stage has started: round 1's items are all stored
-        elif before is not None and _items(cache) > before:
-            stored, killed_at = kill_9(proc.pid, lambda: (_items(cache), time.time()))
+            before = stored_items(cache)  # round 2's stage has started: round 1's items are all stored
+        elif before is not None and stored_items(cache) > before:
+            stored, killed_at = kill_9(proc.pid, lambda: (stored_items(cache), time.time()))
             proc.wait()
             return before, stored, killed_at
         time.sleep(0.005)

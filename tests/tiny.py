@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -52,6 +53,17 @@ def kill_9(pid: int, frozen: Callable[[], object] = lambda: None):
         p.send_signal(signal.SIGKILL)
     psutil.wait_procs(family, timeout=30)
     return seen
+
+
+def stored_items(cache: Path) -> int:
+    """Items a feedback stage's item cache holds, read while the stage may be creating it: none until
+    its table exists."""
+    if not Path(cache).exists():
+        return 0
+    with sqlite3.connect(cache) as db:
+        if db.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'items'").fetchone()[0] == 0:
+            return 0
+        return db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
 
 
 def read_metrics(out: Path) -> list[dict]:
